@@ -1,0 +1,110 @@
+"""Build the run's configuration from defaults, a YAML file and KEY VALUE overrides."""
+import argparse
+import ast
+import logging
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from utils.errors import ReIDError
+
+from .defaults import _C
+
+logger = logging.getLogger(__name__)
+
+_STAGES = ('SOLVER.', 'SOLVER.STAGE1.', 'SOLVER.STAGE2.')
+# Keys of the upstream trees that this framework has no use for. Upstream YAMLs set them,
+# so they are accepted, dropped with a warning, and never silently pretend to work.
+INERT_UPSTREAM_KEYS = frozenset(
+    ['MODEL.DROP_PATH', 'MODEL.DROP_OUT', 'MODEL.ATT_DROP_RATE', 'MODEL.TRANSFORMER_TYPE',
+     'MODEL.COS_LAYER', 'DATASETS.ATTR_PATH', 'DATASETS.ATTR_NUM', 'TEST.EVAL']
+    + [stage + key for stage in _STAGES for key in (
+        'COSINE_MARGIN', 'COSINE_SCALE', 'CLUSTER_MARGIN', 'RANGE_K', 'RANGE_MARGIN',
+        'RANGE_ALPHA', 'RANGE_BETA', 'RANGE_LOSS_WEIGHT')])
+# Inert keys that would change results if they held these values: refuse them.
+_UNSUPPORTED_VALUES = {'MODEL.COS_LAYER': (True, 'True')}
+
+
+def _flatten(tree, prefix=''):
+    for key, value in tree.items():
+        name = prefix + str(key)
+        if isinstance(value, dict):
+            yield from _flatten(value, name + '.')
+        else:
+            yield name, value
+
+
+def _coerce(name, value, default):
+    """Cast an override to the type of its default, as yacs does, with int -> float allowed."""
+    if isinstance(value, str):  # as yacs: "('market1501')" -> 'market1501', "1e-6" -> 1e-06
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+    if isinstance(default, bool) or isinstance(value, bool):
+        if isinstance(value, str) and value.lower() in ('true', 'false'):
+            value = value.lower() == 'true'
+    elif isinstance(default, float) and isinstance(value, (int, str)):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    elif isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        value = type(default)(value)
+    elif isinstance(default, str) and isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]  # upstream writes NAMES: ('market1501')
+    elif isinstance(default, str) and value is not None and not isinstance(value, str):
+        value = str(value)
+    if default is not None and type(value) is not type(default) and not (
+            isinstance(default, (list, tuple)) and isinstance(value, (list, tuple))):
+        raise ReIDError(f'config key {name}: expected {type(default).__name__}, '
+                        f'got {value!r}')
+    return value
+
+
+def _apply(cfg, pairs, source):
+    for name, value in pairs:
+        if name in INERT_UPSTREAM_KEYS:
+            if value in _UNSUPPORTED_VALUES.get(name, ()):
+                raise ReIDError(f'{source}: {name}={value} is not supported by this framework')
+            logger.warning('%s: %s has no effect in this framework; ignored', source, name)
+            continue
+        node, *path, leaf = [cfg] + name.split('.')
+        for part in path:
+            if part not in node or not isinstance(node[part], CN):
+                raise ReIDError(f'{source}: unknown config key {name}')
+            node = node[part]
+        if leaf not in node or isinstance(node[leaf], CN):
+            raise ReIDError(f'{source}: unknown config key {name}')
+        node[leaf] = _coerce(name, value, node[leaf])
+
+
+def load_config(config_file='', opts=()):
+    """Defaults, then the YAML file, then KEY VALUE pairs; returns a frozen CfgNode."""
+    cfg = _C.clone()
+    if config_file:
+        try:
+            with open(config_file) as f:
+                tree = yaml.safe_load(f) or {}
+        except OSError as err:
+            raise ReIDError(f'cannot read config file {config_file}: {err.strerror}') from None
+        except yaml.YAMLError as err:
+            raise ReIDError(f'config file {config_file} is not valid YAML: {err}') from None
+        _apply(cfg, _flatten(tree), config_file)
+    if len(opts) % 2:
+        raise ReIDError(f'overrides must be KEY VALUE pairs; {opts[-1]} has no value')
+    _apply(cfg, zip(opts[0::2], opts[1::2]), 'command line')
+    cfg.freeze()
+    return cfg
+
+
+def parse_args(description):
+    """The command line every script shares: --config_file FILE [KEY VALUE ...]."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--config_file', default='', help='path to a YAML config file')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue from the latest training state in OUTPUT_DIR '
+                             '(SOLVER.RESUME names a file instead)')
+    parser.add_argument('--local_rank', type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument('opts', nargs=argparse.REMAINDER, help='KEY VALUE config overrides')
+    return parser.parse_args()
