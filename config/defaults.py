@@ -45,7 +45,7 @@ _C.MODEL.TRIPLET_LOSS_WEIGHT = 1.0
 _C.MODEL.I2T_LOSS_WEIGHT = 1.0
 # Metric loss; only 'triplet' (batch-hard) is implemented
 _C.MODEL.METRIC_LOSS_TYPE = 'triplet'
-# Ask for DDP; training runs distributed whenever launched by torchrun either way
+# Require a torchrun launch (DDP); a torchrun launch trains with DDP either way
 _C.MODEL.DIST_TRAIN = False
 # 'True' uses the soft-margin triplet loss instead of SOLVER.MARGIN
 _C.MODEL.NO_MARGIN = False

@@ -1,0 +1,4 @@
+from .inference import do_inference, extract_features
+from .recipes import train_baseline, train_clipreid, train_pcl
+
+__all__ = ['do_inference', 'extract_features', 'train_baseline', 'train_clipreid', 'train_pcl']

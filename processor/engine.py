@@ -1,0 +1,223 @@
+"""The epoch loop every method shares.
+
+A method subclasses `Trainer` and writes only what differs: `prepare_epoch` (feature cache,
+text features, centroid memory), `batches` (what one epoch iterates) and `train_step` (the
+loss). LR stepping, mixed precision, logging, NaN checks, evaluation, checkpoints and
+resumable state are written once here.
+"""
+import os
+import time
+import zlib
+
+import torch
+from tqdm import tqdm
+
+from utils import distributed as du
+from utils.checkpoint import atomic_save, rng_state, save_weights, set_rng_state, state_path, unwrap
+from utils.errors import ReIDError
+from utils.logger import get_logger
+from utils.meter import AverageMeter
+from utils.runtime import seed_everything
+
+from .inference import do_inference
+
+
+class Trainer:
+    stage = 'train'          # names the state file and log lines
+    weights_pattern = '{name}_{epoch}.pth'
+
+    def __init__(self, cfg, solver_cfg, model, optimizer, scheduler, runtime, data,
+                 evaluator=None, center_optimizer=None):
+        self.cfg, self.solver, self.runtime, self.data = cfg, solver_cfg, runtime, data
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.center_optimizer = center_optimizer
+        self.evaluator = evaluator
+        self.device = runtime.device
+        self.amp_dtype = runtime.amp_dtype
+        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp_dtype == torch.float16)
+        self.logger = get_logger()
+        self.epoch = 0
+        self.iteration = 0
+
+    @property
+    def net(self):
+        return unwrap(self.model)
+
+    # ----- what a method writes ---------------------------------------------------------
+    def prepare_epoch(self, epoch):
+        """Work done before the epoch's first step (no-op by default)."""
+
+    def batches(self, epoch):
+        raise NotImplementedError
+
+    def train_step(self, batch):
+        """Return (loss, {name: float}) for one batch; the loop does backward and step."""
+        raise NotImplementedError
+
+    def after_step(self, batch):
+        """Work after the optimizer step (e.g. memory update)."""
+
+    def extra_state(self):
+        return {}
+
+    def load_extra_state(self, state):
+        pass
+
+    def step_scheduler(self, epoch):
+        self.scheduler.step(epoch)
+
+    # ----- the loop ------------------------------------------------------------------------
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def to_device(self, batch):
+        return [t.to(self.device, non_blocking=True) if torch.is_tensor(t) else t for t in batch]
+
+    def sie_labels(self, camids, viewids):
+        cam = camids if self.cfg.MODEL.SIE_CAMERA else None
+        view = viewids if self.cfg.MODEL.SIE_VIEW else None
+        return cam, view
+
+    def run(self, start_epoch=1):
+        max_epochs = self.solver.MAX_EPOCHS
+        for epoch in range(start_epoch, max_epochs + 1):
+            self.epoch = epoch
+            # Each epoch draws from generators seeded by (seed, stage, epoch, rank), so a run
+            # resumed at an epoch boundary repeats exactly what the uninterrupted run did.
+            seed_everything(self.cfg.SOLVER.SEED + 1000 * epoch + 100003 * self.runtime.rank
+                            + zlib.crc32(self.stage.encode()) % 1000)
+            self.step_scheduler(epoch)
+            self.prepare_epoch(epoch)
+            self.train_epoch(epoch)
+            self.end_epoch(epoch)
+
+    def train_epoch(self, epoch):
+        self.model.train()
+        meters = {}
+        log_period = self.solver.LOG_PERIOD
+        start, seen = time.perf_counter(), 0
+        batches = self.batches(epoch)
+        bar = tqdm(batches, desc=f'{self.stage} epoch {epoch}', leave=False,
+                   disable=not du.is_main_process())
+        for n_iter, batch in enumerate(bar, 1):
+            batch = self.to_device(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.center_optimizer is not None:
+                self.center_optimizer.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss, parts = self.train_step(batch)
+            self.check_finite(loss, epoch, n_iter)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            if self.center_optimizer is not None:
+                self.step_center_optimizer()
+            self.scaler.update()
+            self.after_step(batch)
+            self.iteration += 1
+            seen += batch[0].shape[0] * self.runtime.world_size
+            for name, value in {'loss': loss.item(), **parts}.items():
+                meters.setdefault(name, AverageMeter()).update(value, batch[0].shape[0])
+            if n_iter % log_period == 0:
+                self.log_progress(epoch, n_iter, meters)
+        elapsed = time.perf_counter() - start
+        self.logger.info('%s epoch %d done in %.1fs (%.1f samples/s): %s', self.stage, epoch,
+                         elapsed, seen / max(elapsed, 1e-9), self.format_meters(meters))
+
+    def step_center_optimizer(self):
+        # The center loss is scaled by its weight; undo that for the centers' own SGD step.
+        weight = self.solver.CENTER_LOSS_WEIGHT
+        for param in self.center_optimizer.param_groups[0]['params']:
+            if param.grad is not None:
+                param.grad.data *= 1.0 / weight
+        self.scaler.step(self.center_optimizer)
+
+    def check_finite(self, loss, epoch, n_iter):
+        finite = torch.isfinite(loss.detach()).to(torch.int32)
+        if du.is_dist():
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if not finite.item():
+            last = self.last_state_file()
+            kept = f'the last good checkpoint is {last}' if last else 'no checkpoint was written yet'
+            raise ReIDError(f'{self.stage}: loss is {loss.item()} at epoch {epoch} iteration '
+                            f'{n_iter}; training stopped ({kept})')
+
+    def format_meters(self, meters):
+        return ', '.join(f'{name} {meter.avg:.4f}' for name, meter in meters.items())
+
+    def log_progress(self, epoch, n_iter, meters):
+        lr = self.optimizer.param_groups[0]['lr']
+        self.logger.info('%s epoch[%d] iteration[%d] %s, base lr %.2e', self.stage, epoch, n_iter,
+                         self.format_meters(meters), lr)
+
+    def end_epoch(self, epoch):
+        if self.evaluator is not None and epoch % self.solver.EVAL_PERIOD == 0:
+            do_inference(self.cfg, self.model, self.data.val_loader, self.evaluator, self.runtime)
+        if epoch % self.solver.CHECKPOINT_PERIOD == 0:
+            self.save_checkpoint(epoch)
+
+    # ----- checkpoints -------------------------------------------------------------------
+    def last_state_file(self):
+        path = state_path(self.cfg.OUTPUT_DIR, self.cfg.MODEL.NAME.replace('/', '-'), self.stage)
+        return path if os.path.exists(path) else None
+
+    def save_checkpoint(self, epoch):
+        if not du.is_main_process():
+            return
+        name = self.cfg.MODEL.NAME.replace('/', '-')
+        weights = os.path.join(self.cfg.OUTPUT_DIR, self.weights_pattern.format(name=name, epoch=epoch))
+        save_weights(self.model, weights)
+        state = {
+            'model': self.net.state_dict(), 'optimizer': self.optimizer.state_dict(),
+            'scheduler': self.scheduler.state_dict(), 'scaler': self.scaler.state_dict(),
+            'center_optimizer': self.center_optimizer and self.center_optimizer.state_dict(),
+            'epoch': epoch, 'iteration': self.iteration, 'stage': self.stage,
+            'rng': rng_state(), 'extra': self.extra_state(),
+        }
+        atomic_save(state, state_path(self.cfg.OUTPUT_DIR, name, self.stage))
+        self.logger.info('saved %s and the training state', weights)
+
+    def load_state(self, state):
+        """Continue after the epoch recorded in a training-state dict; returns the next epoch."""
+        self.net.load_state_dict(state['model'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        self.scaler.load_state_dict(state['scaler'])
+        if self.center_optimizer is not None and state.get('center_optimizer'):
+            self.center_optimizer.load_state_dict(state['center_optimizer'])
+        self.iteration = state['iteration']
+        set_rng_state(state['rng'])
+        self.load_extra_state(state.get('extra', {}))
+        self.logger.info('resumed %s after epoch %d', self.stage, state['epoch'])
+        return state['epoch'] + 1
+
+
+class EpochBatches:
+    """The batches of one epoch: the loader's own pass, or `limit` batches taken from fresh
+    passes as needed (PCL's SOLVER.ITERS). Samplers are re-seeded for each pass."""
+
+    def __init__(self, loader, epoch, limit=None):
+        self.loader, self.epoch, self.limit = loader, epoch, limit
+
+    def __len__(self):
+        return self.limit or len(self.loader)
+
+    def _set_epoch(self, value):
+        for obj in (self.loader.sampler, getattr(self.loader, 'batch_sampler', None)):
+            if hasattr(obj, 'set_epoch'):
+                obj.set_epoch(value)
+
+    def __iter__(self):
+        produced, sweep = 0, 0
+        while produced < len(self):
+            self._set_epoch(self.epoch * 1000 + sweep if self.limit else self.epoch)
+            for batch in self.loader:
+                yield batch
+                produced += 1
+                if produced == len(self):
+                    return
+            if produced == 0 or not self.limit:
+                break
+            sweep += 1
+        if produced == 0:
+            raise ReIDError('the training loader yields no batches (is the train split empty?)')

@@ -1,0 +1,57 @@
+"""Feature extraction and evaluation, shared by the trainers and the test scripts."""
+import torch
+from tqdm import tqdm
+
+from utils import distributed as du
+from utils.checkpoint import unwrap
+from utils.logger import get_logger
+
+
+def _sie(cfg, camids, viewids, device):
+    cam = camids.to(device) if cfg.MODEL.SIE_CAMERA else None
+    view = viewids.to(device) if cfg.MODEL.SIE_VIEW else None
+    return cam, view
+
+
+@torch.no_grad()
+def extract_features(cfg, encode, loader, runtime, desc='features'):
+    """Run `encode(images, cam_label, view_label)` over a loader in order.
+
+    Returns float32 features and pids on the run's device. Every rank processes the whole
+    loader and rank 0's result is broadcast, so all ranks hold bit-identical tensors (the
+    PCL memory and CLIP-ReID's caches must agree across ranks).
+    """
+    feats, pids = [], []
+    amp = runtime.amp_dtype
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not du.is_main_process()):
+        images, pid, camid, viewid = batch[:4]
+        cam, view = _sie(cfg, camid, viewid, runtime.device)
+        with torch.autocast(runtime.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            out = encode(images.to(runtime.device, non_blocking=True), cam, view)
+        feats.append(out.float())
+        pids.append(pid.to(runtime.device))
+    feats, pids = torch.cat(feats), torch.cat(pids)
+    if du.is_dist():
+        torch.distributed.broadcast(feats, 0)
+    return feats, pids
+
+
+@torch.no_grad()
+def do_inference(cfg, model, val_loader, evaluator, runtime):
+    """Features of this rank's share of query+gallery; the evaluator gathers and scores."""
+    logger = get_logger()
+    model = unwrap(model)  # no DDP syncs while ranks hold different numbers of batches
+    model.eval()
+    evaluator.reset()
+    amp = runtime.amp_dtype
+    for images, pids, camids, viewids, paths in tqdm(val_loader, desc='evaluate', leave=False,
+                                                     disable=not du.is_main_process()):
+        cam, view = _sie(cfg, camids, viewids, runtime.device)
+        with torch.autocast(runtime.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            feat = model(images.to(runtime.device, non_blocking=True), cam_label=cam, view_label=view)
+        evaluator.update((feat.float(), pids, camids, list(paths)))
+    result = evaluator.compute()
+    logger.info('Validation results:')
+    for name, value in result.summary().items():
+        logger.info('%-24s %.1f%%', name, 100 * value)
+    return result

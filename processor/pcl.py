@@ -1,0 +1,61 @@
+"""PCL-CLIP: prototypical contrastive fine-tuning against a per-identity centroid memory."""
+import torch
+import torch.nn.functional as F
+
+from loss import ClusterMemory, CrossEntropyLabelSmooth, compute_centroids
+from utils import distributed as du
+
+from .engine import EpochBatches, Trainer
+from .inference import extract_features
+
+
+class PCLTrainer(Trainer):
+    stage = 'pcl'
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        cfg = self.cfg
+        self.id_loss = CrossEntropyLabelSmooth(self.data.num_classes)
+        self.memory = None
+        self.memory_args = dict(temp=cfg.MODEL.PCL_TEMPERATURE, momentum=cfg.MODEL.MEMORY_MOMENTUM,
+                                mode=cfg.MODEL.MEMORY_UPDATE)
+        self._batch_feats = None
+
+    def step_scheduler(self, epoch):
+        # PCL-CLIP steps its scheduler at the end of each epoch: epoch e trains with lr(e-1).
+        self.scheduler.step(epoch - 1)
+
+    def prepare_epoch(self, epoch):
+        """Centroids of the whole training set (test transform, eval mode) become the memory."""
+        net = self.net
+        net.eval()
+        feats, pids = extract_features(self.cfg, lambda x, c, v: net(x, cam_label=c, view_label=v),
+                                       self.data.train_eval_loader, self.runtime, desc='memory')
+        centroids = compute_centroids(F.normalize(feats, dim=1), pids, self.data.num_classes)
+        self.memory = ClusterMemory(centroids.shape[1], self.data.num_classes,
+                                    **self.memory_args).to(self.device)
+        self.memory.build(centroids)
+        net.train()
+
+    def batches(self, epoch):
+        return EpochBatches(self.data.train_loader, epoch, limit=self.cfg.SOLVER.ITERS)
+
+    def train_step(self, batch):
+        images, target, camids, viewids = batch
+        cam, view = self.sie_labels(camids, viewids)
+        out = self.model(images, cam_label=cam, view_label=view)
+        feats, logits = out['feats'][0], out['logits'][0]
+        self._batch_feats = F.normalize(feats.detach().float(), dim=1)
+        loss_pcl = self.memory(feats.float(), target)
+        loss_id = self.id_loss(logits.float(), target)
+        loss = self.cfg.MODEL.PCL_LOSS_WEIGHT * loss_pcl + self.cfg.MODEL.ID_LOSS_WEIGHT * loss_id
+        acc = (logits.argmax(1) == target).float().mean().item()
+        return loss, {'pcl': loss_pcl.item(), 'id': loss_id.item(), 'acc': acc}
+
+    def after_step(self, batch):
+        # Every rank applies the same update from the whole global batch.
+        self.memory.update(du.all_gather_tensor(self._batch_feats), du.all_gather_tensor(batch[1]))
+
+    def extra_state(self):
+        return {'memory': self.memory.state_dict() if self.memory is not None else None}
+

@@ -1,0 +1,89 @@
+"""Checkpoint I/O: atomic writes, plain weight files, and full training state for resuming."""
+import glob
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+
+from utils.errors import ReIDError
+
+STATE_SUFFIX = '_state.pth'
+
+
+def atomic_save(obj, path):
+    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp_', suffix='.pth')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def unwrap(model):
+    """The module inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, 'module') else model
+
+
+def save_weights(model, path):
+    """A plain state_dict with the upstream key names (no 'module.' prefix)."""
+    atomic_save(unwrap(model).state_dict(), path)
+
+
+def rng_state():
+    """Every generator's state, as tensors and plain values so weights_only loading works."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
+             'numpy': (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
+    if torch.cuda.is_available():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    version, internal, gauss_next = state['python']
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state['torch'])
+    if 'cuda' in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def state_path(output_dir, name, stage):
+    return os.path.join(output_dir, f'{name}_{stage}{STATE_SUFFIX}')
+
+
+def find_resume_file(cfg, resume_flag):
+    """SOLVER.RESUME names a file; --resume or SOLVER.RESUME 'auto' takes the newest state."""
+    choice = cfg.SOLVER.RESUME or ('auto' if resume_flag else '')
+    if not choice:
+        return None
+    if choice != 'auto':
+        if not os.path.isfile(choice):
+            raise ReIDError(f'SOLVER.RESUME: no training-state file at {choice}')
+        return choice
+    found = glob.glob(os.path.join(cfg.OUTPUT_DIR, '*' + STATE_SUFFIX))
+    if not found:
+        raise ReIDError(f'--resume: no *{STATE_SUFFIX} training state in {cfg.OUTPUT_DIR}')
+    return max(found, key=os.path.getmtime)
+
+
+def load_training_state(path):
+    """The dict written by the trainer (data only: loaded with weights_only)."""
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # truncated or foreign files
+        raise ReIDError(f'cannot read training state {path}: {err}') from None
+    if not isinstance(state, dict) or 'model' not in state or 'epoch' not in state:
+        raise ReIDError(f'{path} is not a training-state file of this framework')
+    return state
