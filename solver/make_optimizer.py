@@ -1,0 +1,44 @@
+"""Optimizers with one parameter group per tensor, as upstream CLIP-ReID / TransReID."""
+import torch
+
+from utils.errors import ReIDError
+
+
+def make_optimizer(solver_cfg, model, center_criterion=None):
+    """Returns (optimizer, center_optimizer or None).
+
+    solver_cfg is cfg.SOLVER, cfg.SOLVER.STAGE1 or cfg.SOLVER.STAGE2. Only parameters with
+    requires_grad are optimised (freezing is the caller's job). Biases get
+    BASE_LR * BIAS_LR_FACTOR and WEIGHT_DECAY_BIAS; with LARGE_FC_LR, 'classifier'
+    parameters get 2 * BASE_LR (of this node; upstream stage 2 read the flat SOLVER.BASE_LR).
+    OPTIMIZER_NAME is any torch.optim class ('SGD' uses MOMENTUM). The center optimizer is
+    SGD at CENTER_LR over center_criterion's parameters.
+    """
+    groups = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        lr, weight_decay = solver_cfg.BASE_LR, solver_cfg.WEIGHT_DECAY
+        if 'bias' in name:
+            lr = solver_cfg.BASE_LR * solver_cfg.BIAS_LR_FACTOR
+            weight_decay = solver_cfg.WEIGHT_DECAY_BIAS
+        if solver_cfg.LARGE_FC_LR and ('classifier' in name or 'arcface' in name):
+            lr = solver_cfg.BASE_LR * 2
+        groups.append({'params': [param], 'lr': lr, 'weight_decay': weight_decay})
+    if not groups:
+        raise ValueError('make_optimizer: the model has no parameter with requires_grad')
+
+    name = solver_cfg.OPTIMIZER_NAME
+    optim_class = getattr(torch.optim, name, None)
+    if not (isinstance(optim_class, type) and issubclass(optim_class, torch.optim.Optimizer)):
+        raise ReIDError(f'config key OPTIMIZER_NAME={name!r} is not a torch.optim optimizer '
+                        "(e.g. 'Adam', 'AdamW', 'SGD')")
+    if name == 'SGD':
+        optimizer = optim_class(groups, lr=solver_cfg.BASE_LR, momentum=solver_cfg.MOMENTUM)
+    else:
+        optimizer = optim_class(groups, lr=solver_cfg.BASE_LR)
+
+    center_optimizer = None
+    if center_criterion is not None:
+        center_optimizer = torch.optim.SGD(center_criterion.parameters(), lr=solver_cfg.CENTER_LR)
+    return optimizer, center_optimizer
