@@ -1,0 +1,90 @@
+"""Read re-ID checkpoints (plain state_dicts with upstream key names) and load them with checks."""
+import logging
+import pickle
+
+import torch
+
+from utils.errors import ReIDError
+
+logger = logging.getLogger(__name__)
+
+# Parameters with one row per training identity: dropped when the identity count differs
+# (a model trained on one dataset and evaluated or fine-tuned on another).
+PER_IDENTITY_KEYS = ('classifier.weight', 'classifier_proj.weight', 'prompt_learner.cls_ctx')
+
+
+def read_state_dict(path):
+    """The state_dict in a checkpoint file ('module.' prefixes of DDP removed).
+
+    A training-state dict with a 'model' entry gives that entry; anything else that is not a
+    mapping of names to tensors (a pickled model, an optimizer state...) is refused.
+    """
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise ReIDError(f'checkpoint {path}: no such file') from None
+    except IsADirectoryError:
+        raise ReIDError(f'checkpoint {path} is a directory, not a file') from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        raise ReIDError(f'checkpoint {path} is not a state_dict that can be loaded safely (a '
+                        'whole pickled model or a damaged file?); save model.state_dict() '
+                        f'instead. ({type(err).__name__}: {str(err).splitlines()[0][:200]})'
+                        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get('model'), dict):
+        obj = obj['model']
+    if not isinstance(obj, dict) or not obj:
+        raise ReIDError(f'checkpoint {path} holds a {type(obj).__name__}, not a state_dict')
+    bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ReIDError(f'checkpoint {path} is not a state_dict: entries {", ".join(bad[:5])} '
+                        'are not tensors (a training-state file without a "model" entry?)')
+    return {k.removeprefix('module.'): v for k, v in obj.items()}
+
+
+def _per_identity_mismatch(key, theirs, ours):
+    return (key in PER_IDENTITY_KEYS and theirs.dim() == ours.dim()
+            and theirs.shape[1:] == ours.shape[1:] and theirs.shape[0] != ours.shape[0])
+
+
+def load_into(model, state_dict, source):
+    """Copy state_dict into model; identity-sized rows of another dataset are skipped with a
+    note, any other difference stops with a ReIDError listing every offending key."""
+    own = model.state_dict()
+    skipped = [k for k, v in state_dict.items()
+               if k in own and _per_identity_mismatch(k, v, own[k])]
+    state_dict = {k: v for k, v in state_dict.items() if k not in skipped}
+    missing = sorted(k for k in own if k not in state_dict and k not in skipped)
+    unexpected = sorted(k for k in state_dict if k not in own)
+    shapes = sorted(f'{k} {tuple(state_dict[k].shape)} in file vs {tuple(v.shape)} in model'
+                    for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape)
+    if missing or unexpected or shapes:
+        lines = [f'{label} ({len(keys)}): {", ".join(keys[:15])}{" ..." if len(keys) > 15 else ""}'
+                 for label, keys in (('missing', missing), ('unexpected', unexpected),
+                                     ('mis-shaped', shapes)) if keys]
+        raise ReIDError(f'checkpoint {source} does not fit this model (another architecture, '
+                        'MODEL.METHOD or MODEL.NAME?): ' + '; '.join(lines))
+    if skipped:
+        logger.info('checkpoint %s was trained with another number of identities; kept this '
+                    "model's %s", source, ', '.join(skipped))
+    model.load_state_dict(state_dict, strict=False)
+    logger.info('loaded checkpoint %s', source)
+    return skipped
+
+
+def infer_method(state_dict):
+    """Model family of a checkpoint: 'clipreid', 'pcl' or 'baseline' (for the test scripts)."""
+    if isinstance(state_dict, str):
+        state_dict = read_state_dict(state_dict)
+    if any(k.startswith('prompt_learner.') for k in state_dict):
+        return 'clipreid'
+    cls = state_dict.get('classifier.weight')
+    if cls is not None and 'classifier_proj.weight' not in state_dict:
+        if 'image_encoder.proj' in state_dict:  # ViT: [width, embed]
+            width, proj = state_dict['image_encoder.proj'].shape
+        elif 'image_encoder.attnpool.c_proj.weight' in state_dict:  # ResNet: [embed, width]
+            proj, width = state_dict['image_encoder.attnpool.c_proj.weight'].shape
+        else:
+            return 'baseline'
+        if cls.shape[1] == width + proj:
+            return 'pcl'
+    return 'baseline'

@@ -1,0 +1,46 @@
+"""make_model: CLIP weights -> adapted backbone -> the re-ID model named by MODEL.METHOD."""
+import logging
+
+from utils.errors import ReIDError
+
+from .baseline import Baseline
+from .clip_backbone import clip_from_state_dict
+from .clip_weights import load_clip_state_dict
+from .clipreid import CLIPReID
+from .pcl import PCLModel
+
+logger = logging.getLogger(__name__)
+
+MODELS = {'clipreid': CLIPReID, 'pcl': PCLModel, 'baseline': Baseline}
+
+
+def load_clip(cfg):
+    """(open_clip CLIP holding the weights of MODEL.NAME / MODEL.PRETRAIN_PATH, its ClipArch)."""
+    state_dict, path = load_clip_state_dict(cfg.MODEL.NAME, cfg.MODEL.PRETRAIN_PATH)
+    return clip_from_state_dict(state_dict, path)
+
+
+def make_model(cfg, num_class, camera_num, view_num, object_word=None, method=None):
+    """Build the model of `method` (default cfg.MODEL.METHOD; '' means 'clipreid').
+
+    object_word: the dataset's word for the CLIP-ReID prompt ('person', 'vehicle', a
+    species); MODEL.PROMPT_OBJECT overrides it. Other methods ignore it.
+    MODEL.PRETRAIN_CHOICE 'self' then loads MODEL.PRETRAIN_PATH_REID into the whole model.
+    """
+    method = method or cfg.MODEL.METHOD or 'clipreid'
+    if method not in MODELS:
+        raise ReIDError(f'MODEL.METHOD {method!r} is not one of {", ".join(MODELS)}')
+    choice = cfg.MODEL.PRETRAIN_CHOICE
+    if choice not in ('imagenet', 'self'):
+        raise ReIDError(f"MODEL.PRETRAIN_CHOICE must be 'imagenet' or 'self', got {choice!r}")
+    if choice == 'self' and not cfg.MODEL.PRETRAIN_PATH_REID:
+        raise ReIDError("MODEL.PRETRAIN_CHOICE 'self' needs MODEL.PRETRAIN_PATH_REID")
+    clip_model, arch = load_clip(cfg)
+    model = MODELS[method](cfg, num_class, camera_num, view_num, clip_model, arch,
+                           object_word=object_word)
+    if choice == 'self':
+        model.load_param(cfg.MODEL.PRETRAIN_PATH_REID)
+    logger.info('built %s model on %s: %d identities, feature %d + projection %d',
+                method, 'ViT' if arch.is_vit else 'ResNet', num_class, model.in_planes,
+                model.in_planes_proj)
+    return model

@@ -1,0 +1,130 @@
+"""CLIP weights: sources (path, cache, download), both OpenAI formats, architecture inference."""
+import hashlib
+import io
+import os
+import urllib.error
+import warnings
+
+import pytest
+import torch
+
+from _model_fixtures import tiny_clip_files  # noqa: F401 (fixture)
+from model import clip_weights
+from model.clip_backbone import clip_from_state_dict, infer_clip_arch
+from model.clip_weights import (canonical_name, load_clip_state_dict, official_url,
+                                read_clip_file)
+from model.tiny_clip import TINY_ARCHS, save_tiny_clip
+from utils.errors import ReIDError
+
+
+@pytest.mark.parametrize('fmt', ['state_dict', 'torchscript'])
+@pytest.mark.parametrize('arch', ['vit', 'rn'])
+def test_architecture_is_read_from_the_weights(tiny_clip_files, arch, fmt):
+    state_dict, _ = load_clip_state_dict('ViT-B-16', tiny_clip_files[arch, fmt])
+    inferred = infer_clip_arch(state_dict)
+    assert inferred == TINY_ARCHS[arch]
+    model, built = clip_from_state_dict(state_dict)
+    assert built == inferred
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    towers = [model.transformer] + ([model.visual.transformer] if arch == 'vit' else [])
+    assert all(type(t.resblocks[0].mlp.gelu).__name__ == 'QuickGELU' for t in towers)
+
+
+def test_both_formats_hold_the_same_weights(tiny_clip_files):
+    with warnings.catch_warnings():  # torch.jit is deprecated; the archive is real
+        warnings.simplefilter('ignore', FutureWarning)
+        archive = torch.jit.load(tiny_clip_files['vit', 'torchscript'], map_location='cpu')
+    assert isinstance(archive, torch.jit.ScriptModule)
+    plain = read_clip_file(tiny_clip_files['vit', 'state_dict'])
+    scripted = read_clip_file(tiny_clip_files['vit', 'torchscript'])
+    assert set(scripted) == set(plain) | {'input_resolution', 'context_length', 'vocab_size'}
+    assert all(torch.equal(plain[k], scripted[k]) for k in plain)
+    assert plain['token_embedding.weight'].shape == (49408, 64)
+    assert plain['visual.conv1.weight'].dtype == torch.float16  # as OpenAI ships them
+
+
+def test_name_spellings_and_official_urls():
+    assert canonical_name('ViT-B/16') == canonical_name('ViT-B-16') == 'ViT-B-16'
+    for name, file in [('ViT-B/16', 'ViT-B-16.pt'), ('ViT-B/32', 'ViT-B-32.pt'),
+                       ('ViT-L/14', 'ViT-L-14.pt'), ('RN50', 'RN50.pt'), ('RN101', 'RN101.pt')]:
+        url = official_url(name)
+        assert url.startswith('https://openaipublic.azureedge.net/clip/models/')
+        assert url.endswith('/' + file)
+        digest = url.split('/')[-2]
+        assert len(digest) == 64 and int(digest, 16) >= 0
+    assert official_url('ViT-B/16') == official_url('ViT-B-16')
+    assert official_url('no-such-model') == ''
+
+
+def _no_network(*args, **kwargs):
+    raise urllib.error.URLError('network is unreachable')
+
+
+def test_cache_is_used_for_both_spellings(tiny_clip_files, tmp_path, monkeypatch):
+    monkeypatch.setattr(clip_weights, 'CLIP_CACHE_DIR', str(tmp_path))
+    monkeypatch.setattr(clip_weights.urllib.request, 'urlopen', _no_network)
+    cached = tmp_path / 'ViT-B-16.pt'
+    cached.write_bytes(open(tiny_clip_files['vit', 'torchscript'], 'rb').read())
+    for name in ('ViT-B/16', 'ViT-B-16'):
+        state_dict, path = load_clip_state_dict(name)
+        assert path == str(cached) and infer_clip_arch(state_dict) == TINY_ARCHS['vit']
+
+
+def test_offline_without_file_gives_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(clip_weights, 'CLIP_CACHE_DIR', str(tmp_path / 'cache'))
+    monkeypatch.setattr(clip_weights.urllib.request, 'urlopen', _no_network)
+    with pytest.raises(ReIDError) as err:
+        load_clip_state_dict('ViT-B/16')
+    message = str(err.value)
+    assert str(tmp_path / 'cache' / 'ViT-B-16.pt') in message
+    assert 'MODEL.PRETRAIN_PATH' in message and 'network is unreachable' in message
+    assert not any(p.name.endswith('.part') for p in (tmp_path / 'cache').iterdir())
+
+
+class _FakeResponse(io.BytesIO):
+    def __init__(self, data):
+        super().__init__(data)
+        self.headers = {'Content-Length': str(len(data))}
+
+
+def test_download_checks_sha256_and_writes_atomically(tiny_clip_files, tmp_path, monkeypatch):
+    data = open(tiny_clip_files['rn', 'state_dict'], 'rb').read()
+    good = hashlib.sha256(data).hexdigest()
+    monkeypatch.setattr(clip_weights, 'CLIP_CACHE_DIR', str(tmp_path))
+    monkeypatch.setattr(clip_weights.urllib.request, 'urlopen',
+                        lambda url, timeout=None: _FakeResponse(data))
+    monkeypatch.setattr(clip_weights, 'official_url',
+                        lambda name: f'https://example.org/clip/models/{digest}/RN50.pt')
+    digest = '0' * 64  # wrong checksum: refused, nothing left in the cache
+    with pytest.raises(ReIDError, match='sha256'):
+        load_clip_state_dict('RN50')
+    assert os.listdir(tmp_path) == []
+    digest = good
+    state_dict, path = load_clip_state_dict('RN50')
+    assert path == str(tmp_path / 'RN50.pt') and os.listdir(tmp_path) == ['RN50.pt']
+    assert infer_clip_arch(state_dict) == TINY_ARCHS['rn']
+
+
+def test_pretrain_path_errors(tmp_path):
+    with pytest.raises(ReIDError, match='no such file'):
+        load_clip_state_dict('ViT-B-16', str(tmp_path / 'missing.pt'))
+    junk = tmp_path / 'junk.pt'
+    junk.write_text('not a checkpoint')
+    with pytest.raises(ReIDError, match='neither a TorchScript archive nor a state_dict'):
+        load_clip_state_dict('ViT-B-16', str(junk))
+    other = tmp_path / 'other.pt'
+    torch.save({'weight': torch.zeros(2)}, other)
+    with pytest.raises(ReIDError, match='does not hold OpenAI CLIP weights'):
+        load_clip_state_dict('ViT-B-16', str(other))
+
+
+def test_cli_writes_a_torchscript_archive(tmp_path):
+    from model.tiny_clip import main
+    out = tmp_path / 'sub' / 'tiny.pt'
+    main(['--out', str(out), '--arch', 'rn', '--fmt', 'torchscript', '--seed', '3'])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)
+        assert isinstance(torch.jit.load(str(out)), torch.jit.ScriptModule)
+    assert torch.equal(read_clip_file(str(out))['visual.attnpool.positional_embedding'],
+                       read_clip_file(save_tiny_clip(tmp_path / 'b.pt', 'rn', seed=3))[
+                           'visual.attnpool.positional_embedding'])
