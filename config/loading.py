@@ -74,6 +74,8 @@ def _apply(cfg, pairs, source):
             if part not in node or not isinstance(node[part], CN):
                 raise ReIDError(f'{source}: unknown config key {name}')
             node = node[part]
+        if value is None and isinstance(node.get(leaf), CN):
+            continue  # an empty section, e.g. 'DATASETS:' followed only by comments
         if leaf not in node or isinstance(node[leaf], CN):
             raise ReIDError(f'{source}: unknown config key {name}')
         node[leaf] = _coerce(name, value, node[leaf])
