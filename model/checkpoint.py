@@ -1,6 +1,5 @@
 """Read re-ID checkpoints (plain state_dicts with upstream key names) and load them with checks."""
 import logging
-import pickle
 
 import torch
 
@@ -25,7 +24,7 @@ def read_state_dict(path):
         raise ReIDError(f'checkpoint {path}: no such file') from None
     except IsADirectoryError:
         raise ReIDError(f'checkpoint {path} is a directory, not a file') from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - the safe unpickler raises many kinds
         raise ReIDError(f'checkpoint {path} is not a state_dict that can be loaded safely (a '
                         'whole pickled model or a damaged file?); save model.state_dict() '
                         f'instead. ({type(err).__name__}: {str(err).splitlines()[0][:200]})'
@@ -41,9 +40,32 @@ def read_state_dict(path):
     return {k.removeprefix('module.'): v for k, v in obj.items()}
 
 
+def _summarise(keys, limit=12):
+    """All keys when few; else one entry per module ('image_encoder.layer1.* (30 keys)')."""
+    if len(keys) <= limit:
+        return ', '.join(keys)
+    groups = {}
+    for key in keys:
+        groups.setdefault('.'.join(key.split(' ')[0].split('.')[:2]), []).append(key)
+    return ', '.join(members[0] if len(members) == 1 else f'{prefix}.* ({len(members)} keys)'
+                     for prefix, members in groups.items())
+
+
 def _per_identity_mismatch(key, theirs, ours):
     return (key in PER_IDENTITY_KEYS and theirs.dim() == ours.dim()
             and theirs.shape[1:] == ours.shape[1:] and theirs.shape[0] != ours.shape[0])
+
+
+def mismatch_report(own, state_dict, ignore=()):
+    """'' when state_dict fits own (a model's state_dict) exactly; else every missing,
+    unexpected and mis-shaped key, grouped by module when there are many."""
+    missing = sorted(k for k in own if k not in state_dict and k not in ignore)
+    unexpected = sorted(k for k in state_dict if k not in own)
+    shapes = sorted(f'{k} {tuple(state_dict[k].shape)} in file vs {tuple(v.shape)} in model'
+                    for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape)
+    return '; '.join(f'{label} ({len(keys)}): {_summarise(keys)}' for label, keys in
+                     (('missing', missing), ('unexpected', unexpected), ('mis-shaped', shapes))
+                     if keys)
 
 
 def load_into(model, state_dict, source):
@@ -53,16 +75,10 @@ def load_into(model, state_dict, source):
     skipped = [k for k, v in state_dict.items()
                if k in own and _per_identity_mismatch(k, v, own[k])]
     state_dict = {k: v for k, v in state_dict.items() if k not in skipped}
-    missing = sorted(k for k in own if k not in state_dict and k not in skipped)
-    unexpected = sorted(k for k in state_dict if k not in own)
-    shapes = sorted(f'{k} {tuple(state_dict[k].shape)} in file vs {tuple(v.shape)} in model'
-                    for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape)
-    if missing or unexpected or shapes:
-        lines = [f'{label} ({len(keys)}): {", ".join(keys[:15])}{" ..." if len(keys) > 15 else ""}'
-                 for label, keys in (('missing', missing), ('unexpected', unexpected),
-                                     ('mis-shaped', shapes)) if keys]
+    report = mismatch_report(own, state_dict, ignore=skipped)
+    if report:
         raise ReIDError(f'checkpoint {source} does not fit this model (another architecture, '
-                        'MODEL.METHOD or MODEL.NAME?): ' + '; '.join(lines))
+                        f'MODEL.METHOD or MODEL.NAME?): {report}')
     if skipped:
         logger.info('checkpoint %s was trained with another number of identities; kept this '
                     "model's %s", source, ', '.join(skipped))

@@ -9,6 +9,8 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from utils.errors import ReIDError
 
+from .checkpoint import mismatch_report
+
 logger = logging.getLogger(__name__)
 
 
@@ -89,16 +91,9 @@ def build_clip(arch):
 
 def load_checked(module, state_dict, source):
     """load_state_dict that reports every missing, unexpected and mis-shaped key as a ReIDError."""
-    own = module.state_dict()
-    missing = sorted(k for k in own if k not in state_dict)
-    unexpected = sorted(k for k in state_dict if k not in own)
-    shapes = sorted(f'{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}'
-                    for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape)
-    if missing or unexpected or shapes:
-        parts = [f'{label}: {", ".join(keys[:20])}{" ..." if len(keys) > 20 else ""}'
-                 for label, keys in (('missing', missing), ('unexpected', unexpected),
-                                     ('mis-shaped (file vs model)', shapes)) if keys]
-        raise ReIDError(f'{source} does not fit the model; ' + '; '.join(parts))
+    report = mismatch_report(module.state_dict(), state_dict)
+    if report:
+        raise ReIDError(f'{source} does not hold the CLIP model its sizes describe: {report}')
     module.load_state_dict(state_dict, strict=True)
 
 

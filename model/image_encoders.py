@@ -37,6 +37,9 @@ class ReIDViT(nn.Module):
         old = visual.positional_embedding.shape[0] - 1
         side = round(old ** 0.5)
         self.grid = vit_grid(input_size, patch, stride)
+        if max(stride) > patch:
+            logger.warning('MODEL.STRIDE_SIZE %s is larger than the %d-pixel patch: pixels '
+                           'between patches are never seen', list(stride), patch)
         self.positional_embedding = nn.Parameter(
             resize_grid(visual.positional_embedding.data, (side, side), self.grid))
         self.ln_pre = visual.ln_pre

@@ -118,6 +118,15 @@ def test_pretrain_path_errors(tmp_path):
         load_clip_state_dict('ViT-B-16', str(other))
 
 
+def test_weights_that_do_not_fit_their_sizes(tiny_clip_files):
+    state_dict, path = load_clip_state_dict('RN50', tiny_clip_files['vit', 'state_dict'])
+    del state_dict['visual.ln_post.weight']
+    state_dict['visual.extra'] = torch.zeros(1)
+    with pytest.raises(ReIDError, match=r'missing \(1\): visual.ln_post.weight; '
+                                        r'unexpected \(1\): visual.extra'):
+        clip_from_state_dict(state_dict, path)
+
+
 def test_cli_writes_a_torchscript_archive(tmp_path):
     from model.tiny_clip import main
     out = tmp_path / 'sub' / 'tiny.pt'
