@@ -4,6 +4,7 @@
 formats (TorchScript archive and plain state_dict) and checks that what it read is CLIP.
 """
 import hashlib
+import http.client
 import logging
 import os
 import urllib.error
@@ -12,6 +13,7 @@ import warnings
 
 import torch
 from open_clip.pretrained import get_pretrained_url, list_pretrained_tags_by_model
+from tqdm import tqdm
 
 from utils.errors import ReIDError
 
@@ -20,7 +22,8 @@ logger = logging.getLogger(__name__)
 # Where OpenAI's `clip` package keeps its downloads (ViT-B-16.pt, RN50.pt, ...); expanded at use.
 CLIP_CACHE_DIR = os.path.join('~', '.cache', 'clip')
 # Keys every OpenAI CLIP state_dict has, whatever the image tower.
-_TEXT_KEYS = ('token_embedding.weight', 'positional_embedding', 'ln_final.weight', 'text_projection')
+_TEXT_KEYS = ('token_embedding.weight', 'positional_embedding', 'ln_final.weight',
+              'text_projection')
 _VISION_KEYS = ('visual.proj', 'visual.attnpool.positional_embedding')
 # Scalars OpenAI's TorchScript archives carry next to the weights.
 _ARCHIVE_EXTRAS = ('input_resolution', 'context_length', 'vocab_size')
@@ -58,7 +61,6 @@ def download(url, target):
     partial = f'{target}.{os.getpid()}.part'
     try:
         with urllib.request.urlopen(url, timeout=60) as source, open(partial, 'wb') as out:
-            from tqdm import tqdm
             total = int(source.headers.get('Content-Length') or 0) or None
             with tqdm(total=total, unit='B', unit_scale=True, desc=os.path.basename(target)) as bar:
                 while chunk := source.read(1 << 20):
@@ -91,7 +93,7 @@ def resolve_clip_file(name, pretrain_path=''):
     logger.info('downloading CLIP weights %s to %s', url, target)
     try:
         return download(url, target)
-    except (urllib.error.URLError, OSError) as err:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
         reason = getattr(err, 'reason', None) or err
         raise ReIDError(_missing_message(name, target, f'download failed: {reason}')) from None
 

@@ -7,7 +7,6 @@ import logging
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from utils.errors import ReIDError
 

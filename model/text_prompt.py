@@ -38,6 +38,7 @@ class PromptLearner(nn.Module):
         super().__init__()
         if n_ctx < 1:
             raise ReIDError(f'MODEL.PROMPT_N_CTX must be >= 1, got {n_ctx}')
+        object_word = str(object_word).replace('_', ' ').strip()
         text = f'A photo of a {" ".join([_PLACEHOLDER] * n_ctx)} {object_word}.'
         tokens = open_clip.tokenize(text, context_length=context_length)
         place_id = open_clip.tokenize(_PLACEHOLDER)[0, 1].item()
