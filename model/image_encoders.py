@@ -53,9 +53,9 @@ class ReIDViT(nn.Module):
     def forward(self, x, cv_embed=None):
         x = self.conv1(x.to(self.conv1.weight.dtype))
         if tuple(x.shape[2:]) != self.grid:
-            raise ReIDError(f'input {tuple(x.shape[2:])} patches do not match the {self.grid} '
-                            'grid the model was built for (INPUT.SIZE_TRAIN); use the same '
-                            'size for INPUT.SIZE_TEST')
+            raise ReIDError(f'the input gives a {tuple(x.shape[2:])} patch grid but the model '
+                            f'was built for {self.grid} (INPUT.SIZE_TRAIN); give INPUT.SIZE_TEST '
+                            'the same size')
         x = x.flatten(2).transpose(1, 2)  # [B, h*w, width]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
         if cv_embed is not None:
@@ -114,9 +114,9 @@ class ReIDResNet(nn.Module):
         x3 = self.layer3(self.layer2(self.layer1(x)))
         x4 = self.layer4(x3)
         if tuple(x4.shape[2:]) != self.grid:
-            raise ReIDError(f'input feature map {tuple(x4.shape[2:])} does not match the '
-                            f'{self.grid} grid the model was built for (INPUT.SIZE_TRAIN); use '
-                            'the same size for INPUT.SIZE_TEST')
+            raise ReIDError(f'the input gives a {tuple(x4.shape[2:])} feature map but the model '
+                            f'was built for {self.grid} (INPUT.SIZE_TRAIN); give INPUT.SIZE_TEST '
+                            'the same size')
         return x3.mean(dim=(2, 3)), x4.mean(dim=(2, 3)), self.attnpool(x4)
 
 

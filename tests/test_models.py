@@ -42,6 +42,8 @@ def test_vit_grid_follows_input_and_stride(tiny_clip_files, size, stride, grid):
             assert torch.allclose(new_grid[i, j], expected, atol=1e-6)
     model.eval()
     assert model(images(2, size)).shape == (2, 64 + 32)
+    with pytest.raises(ReIDError, match='INPUT.SIZE_TEST'):
+        model(images(2, (size[0] + 32, size[1])))
 
 
 @pytest.mark.parametrize('last_stride,grid', [(1, (8, 4)), (2, (4, 2))])
