@@ -1,0 +1,190 @@
+"""Standard protocol (eval_func), the evaluator and its factory."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from config import load_config
+from utils.errors import ReIDError
+from utils.metrics import R1_mAP_eval, eval_func, make_evaluator
+
+
+def upstream_eval(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
+    """The TransReID / CLIP-ReID per-query loop (stable argsort), as the oracle."""
+    max_rank = min(max_rank, distmat.shape[1])
+    indices = np.argsort(distmat, axis=1, kind='stable')
+    matches = (g_pids[indices] == q_pids[:, None]).astype(np.int32)
+    all_cmc, all_ap = [], []
+    for i in range(len(q_pids)):
+        order = indices[i]
+        keep = ~((g_pids[order] == q_pids[i]) & (g_camids[order] == q_camids[i]))
+        hits = matches[i][keep]
+        if not hits.any():
+            continue
+        cmc = hits.cumsum()
+        cmc[cmc > 1] = 1
+        all_cmc.append(cmc[:max_rank])
+        precision = hits.cumsum() / np.arange(1, len(hits) + 1) * hits
+        all_ap.append(precision.sum() / hits.sum())
+    return np.asarray(all_cmc).astype(np.float32).sum(0) / len(all_cmc), np.mean(all_ap)
+
+
+def test_hand_worked_junk_and_skipped_query():
+    # gallery:   g0 pid1 cam0 | g1 pid1 cam1 | g2 pid2 cam0 | g3 pid3 cam1 | g4 pid2 cam1
+    # q0 (pid1 cam0): order g0 .1 (junk: same pid+cam), g3 .2, g2 .3, g1 .5 hit, g4 .9
+    #                 -> first hit at rank 3, AP = 1/3
+    # q1 (pid2 cam1): order g4 .1 (junk), g2 .2 hit, g1, g0, g3 -> rank 1, AP = 1
+    # q2 (pid9): no match anywhere -> skipped
+    dist = np.array([[0.1, 0.5, 0.3, 0.2, 0.9],
+                     [0.4, 0.3, 0.2, 0.6, 0.1],
+                     [0.1, 0.2, 0.3, 0.4, 0.5]], dtype=np.float32)
+    q_pids, q_cams = np.array([1, 2, 9]), np.array([0, 1, 0])
+    g_pids, g_cams = np.array([1, 1, 2, 3, 2]), np.array([0, 1, 0, 1, 1])
+    cmc, mAP = eval_func(dist, q_pids, g_pids, q_cams, g_cams)
+    assert mAP == pytest.approx((1 / 3 + 1) / 2, abs=1e-12)
+    assert cmc.dtype == np.float32 and cmc.tolist() == [0.5, 0.5, 1, 1, 1]  # max_rank -> G = 5
+
+
+def test_hand_worked_average_precision():
+    # hits at ranks 1, 3, 6: AP = (1/1 + 2/3 + 3/6) / 3 = 13/18
+    dist = np.arange(1, 7, dtype=np.float32)[None] / 10
+    cmc, mAP = eval_func(dist, np.array([7]), np.array([7, 3, 7, 3, 3, 7]), np.array([0]), np.ones(6, int))
+    assert mAP == pytest.approx(13 / 18, abs=1e-12)
+    assert cmc.tolist() == [1.0] * 6
+
+
+def test_ties_are_ordered_by_gallery_index():
+    # three equal distances: g0 (miss) comes first, then g1 and g2 (hits at ranks 2 and 3)
+    cmc, mAP = eval_func(np.full((1, 3), 0.5), np.array([1]), np.array([2, 1, 1]),
+                         np.array([0]), np.array([1, 1, 1]))
+    assert mAP == pytest.approx((1 / 2 + 2 / 3) / 2, abs=1e-12) and cmc.tolist() == [0, 1, 1]
+    # 0.0 and -0.0 are equal distances too: the miss at index 0 stays first
+    cmc, mAP = eval_func(np.array([[0.0, -0.0]], np.float32), np.array([1]), np.array([2, 1]),
+                         np.array([0]), np.array([1, 1]))
+    assert mAP == 0.5 and cmc.tolist() == [0, 1]
+
+
+def test_no_valid_query_is_an_error():
+    with pytest.raises(ReIDError, match='no query has a valid match'):
+        eval_func(np.zeros((1, 2)), np.array([1]), np.array([1, 2]), np.array([0]), np.array([0, 0]))
+
+
+@pytest.mark.parametrize('dtype', [np.float32, np.float64])
+def test_matches_upstream_loop_on_random_cases(dtype):
+    rng = np.random.default_rng(3)
+    for trial in range(5):
+        q, g = rng.integers(5, 40), rng.integers(20, 300)
+        dist = rng.random((q, g)).astype(dtype)
+        dist[:, ::7] = dist[:, :1]  # plenty of ties
+        q_pids, g_pids = rng.integers(0, 15, q), rng.integers(0, 15, g)
+        q_cams, g_cams = rng.integers(0, 3, q), rng.integers(0, 3, g)
+        cmc, mAP = eval_func(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20)
+        cmc_ref, mAP_ref = upstream_eval(dist, q_pids, g_pids, q_cams, g_cams, max_rank=20)
+        assert np.array_equal(cmc, cmc_ref)
+        assert mAP == pytest.approx(mAP_ref, abs=1e-12)
+
+
+def test_chunks_and_tensor_input_agree_exactly():
+    rng = np.random.default_rng(4)
+    dist = rng.random((57, 400)).astype(np.float32)
+    args = (rng.integers(0, 20, 57), rng.integers(0, 20, 400), rng.integers(0, 4, 57), rng.integers(0, 4, 400))
+    whole = eval_func(dist, *args)
+    for rows in (1, 8, 56):
+        cmc, mAP = eval_func(dist, *args, chunk_rows=rows)
+        assert mAP == whole[1] and np.array_equal(cmc, whole[0])
+    cmc, mAP = eval_func(torch.from_numpy(dist), *[torch.from_numpy(a) for a in args])
+    assert mAP == whole[1] and np.array_equal(cmc, whole[0])
+
+
+def features(seed=0, n_ids=12, per_id=5, dim=16):
+    rng = np.random.default_rng(seed)
+    pids = rng.permutation(np.repeat(np.arange(n_ids), per_id))
+    feats = rng.standard_normal((n_ids, dim))[pids] + 0.8 * rng.standard_normal((len(pids), dim))
+    cams = rng.integers(0, 3, len(pids))
+    return torch.tensor(feats, dtype=torch.float32), pids, cams
+
+
+def run(evaluator, feats, pids, cams, paths=None, batch=7):
+    evaluator.reset()
+    for s in range(0, len(pids), batch):
+        item = (feats[s:s + batch], torch.tensor(pids[s:s + batch]), torch.tensor(cams[s:s + batch]))
+        evaluator.update(item + ((paths[s:s + batch],) if paths else ()))
+    return evaluator.compute()
+
+
+def test_evaluator_standard_protocol():
+    feats, pids, cams = features()
+    result = run(R1_mAP_eval(20, max_rank=10), feats, pids, cams)
+    unit = torch.nn.functional.normalize(feats, dim=1)
+    expected = ((unit[:20, None] - unit[None, 20:]) ** 2).sum(2).numpy()
+    assert np.allclose(result.distmat, expected, atol=1e-5)
+    cmc, mAP = eval_func(result.distmat, pids[:20], pids[20:], cams[:20], cams[20:], 10)
+    assert result.mAP == mAP and np.array_equal(result.cmc, cmc)
+    assert list(result.summary()) == ['mAP', 'Rank-1', 'Rank-5', 'Rank-10']
+    assert result.summary()['Rank-5'] == cmc[4]
+    cosine = run(R1_mAP_eval(20, max_rank=10, distance='cosine'), feats, pids, cams)
+    assert cosine.mAP == pytest.approx(mAP, abs=1e-6)
+    raw = run(R1_mAP_eval(20, feat_norm='no'), feats, pids, cams)
+    expected = ((feats[:20, None] - feats[None, 20:]) ** 2).sum(2).numpy()
+    assert np.allclose(raw.distmat, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_evaluator_reranking_changes_the_ranking():
+    feats, pids, cams = features(1)
+    plain = run(R1_mAP_eval(20), feats, pids, cams)
+    rr = run(R1_mAP_eval(20, reranking=True, k1=6, k2=3), feats, pids, cams)
+    assert rr.distmat.shape == plain.distmat.shape and not np.allclose(rr.distmat, plain.distmat)
+    assert rr.mAP == eval_func(rr.distmat, pids[:20], pids[20:], cams[:20], cams[20:])[1]
+
+
+def test_distributed_compute_gathers_in_rank_order(monkeypatch):
+    """Simulated rank 1 of 2: rank 0 holds the first half; the result equals one process."""
+    import utils.distributed as du
+    feats, pids, cams = features(2)
+    paths = [f'img{i}.jpg' for i in range(len(pids))]
+    single = run(R1_mAP_eval(20, max_rank=10), feats, pids, cams, paths)
+    half = len(pids) // 2
+    rank1 = R1_mAP_eval(20, max_rank=10)
+    rank1.update((feats[half:], torch.tensor(pids[half:]), torch.tensor(cams[half:]), paths[half:]))
+    rank0 = iter([feats[:half], torch.tensor(pids[:half]), torch.tensor(cams[:half])])  # gather order
+    monkeypatch.setattr(du, 'is_dist', lambda: True)
+    monkeypatch.setattr(du, 'is_main_process', lambda: False)
+    monkeypatch.setattr(du, 'all_gather_tensor', lambda t: torch.cat([next(rank0).to(t.dtype), t]))
+    monkeypatch.setattr(du, 'all_gather_object',
+                        lambda obj: [paths[:half] if isinstance(obj, list) else obj, obj])
+    result = rank1.compute()
+    assert result.mAP == single.mAP and np.array_equal(result.distmat, single.distmat)
+    assert result.q_paths == paths[:20] and result.g_paths == paths[20:]
+
+
+def test_make_evaluator_reads_the_config(tmp_path):
+    feats, pids, cams = features(3)
+    paths = [str(tmp_path / f'{i:04d}.jpg') for i in range(len(pids))]
+    cfg = load_config('', ['OUTPUT_DIR', str(tmp_path), 'TEST.DIST_MAT', 'dist', 'TEST.VISUALIZE', '2',
+                           'TEST.MAX_RANK', '10'])
+    ev = make_evaluator(cfg, 20, 'standard')
+    assert ev.protocol == 'standard' and ev.max_rank == 10 and ev.spec.rerank is None
+    result = run(ev, feats, pids, cams, paths)
+    assert np.array_equal(np.load(tmp_path / 'dist.npy'), result.distmat)
+    assert len(os.listdir(tmp_path / 'rank_lists')) == 2 and (tmp_path / 'cmc.png').exists()
+    assert make_evaluator(cfg, 20, 'animal').protocol == 'animal'
+    cfg = load_config('', ['TEST.PROTOCOL', 'standard', 'TEST.RE_RANKING', 'True',
+                           'TEST.RE_RANKING_K1', '7', 'TEST.RE_RANKING_DIST', 'cosine_sq'])
+    ev = make_evaluator(cfg, 20, 'animal')
+    assert ev.protocol == 'standard'
+    assert ev.spec.rerank == dict(k1=7, k2=6, lambda_value=0.3, dist='cosine_sq')
+
+
+@pytest.mark.parametrize('key,value', [('TEST.DISTANCE', 'manhattan'), ('TEST.FEAT_NORM', 'maybe'),
+                                       ('TEST.PROTOCOL', 'market'), ('TEST.AP_MODE', '11point')])
+def test_bad_settings_name_the_key(key, value):
+    cfg = load_config('', [key, value])
+    with pytest.raises(ReIDError, match=key.replace('.', r'\.')):
+        make_evaluator(cfg, 10, 'standard')
+
+
+def test_atrw_without_annotation_fails_before_extraction():
+    cfg = load_config('', ['TEST.PROTOCOL', 'atrw'])
+    with pytest.raises(ReIDError, match='ATRW_ANNOTATION'):
+        make_evaluator(cfg, 10, 'standard')

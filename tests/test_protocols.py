@@ -1,0 +1,169 @@
+"""VehicleID, animal and ATRW protocols on hand-worked cases."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from utils.errors import ReIDError
+from utils.metrics import R1_mAP_eval
+from utils.protocols import vehicleid_draw
+
+
+def run(evaluator, feats, pids, cams=None, paths=None):
+    evaluator.reset()
+    feats = torch.tensor(feats, dtype=torch.float32).reshape(len(pids), -1)
+    cams = np.zeros(len(pids), int) if cams is None else np.asarray(cams)
+    item = (feats, torch.tensor(pids), torch.tensor(cams))
+    evaluator.update(item + ((list(paths),) if paths is not None else ()))
+    return evaluator.compute()
+
+
+# ---------------------------------------------------------------- VehicleID
+# 1-D features a0=0, b0=1, a1=2, b1=5 (indices 0..3; squared distances). Every draw picks one
+# gallery image per identity (keys: sorted gallery indices); the other two are the queries:
+#   gallery {a0,b0}: a1 -> b0 (1) a0 (4): AP .5 miss | b1 -> b0 (16) a0 (25): AP 1 hit  => mAP .75, R1 .5
+#   gallery {a0,b1}: a1 -> a0 (4) b1 (9): AP 1 hit  | b0 -> a0 (1) b1 (16): AP .5 miss => mAP .75, R1 .5
+#   gallery {a1,b0}: a0 -> b0 (1) a1 (4): AP .5 miss | b1 -> a1 (9) b0 (16): AP .5 miss => mAP .5,  R1 0
+#   gallery {a1,b1}: a0 -> a1 (4) b1 (25): AP 1 hit | b0 -> a1 (1) b1 (16): AP .5 miss => mAP .75, R1 .5
+VEHICLE_TABLE = {(0, 1): (0.75, 0.5), (0, 3): (0.75, 0.5), (1, 2): (0.5, 0.0), (2, 3): (0.75, 0.5)}
+
+
+def test_vehicleid_averages_hand_worked_draws():
+    feats, pids = [0.0, 1.0, 2.0, 5.0], np.array([0, 1, 0, 1])  # a0 b0 a1 b1
+    ev = R1_mAP_eval(4, max_rank=2, feat_norm='no', protocol='vehicleid', vehicleid_trials=10)
+    result = run(ev, feats, pids, cams=[0, 0, 0, 0])  # one camera: no filtering happens
+    draws = [tuple(g) for g in result.extra['gallery_indices']]
+    assert len(draws) == 10 and set(draws) <= set(VEHICLE_TABLE) and len(set(draws)) > 1
+    assert result.extra['trial_mAP'] == [VEHICLE_TABLE[d][0] for d in draws]
+    assert result.mAP == pytest.approx(np.mean([VEHICLE_TABLE[d][0] for d in draws]), abs=1e-12)
+    assert result.cmc[0] == pytest.approx(np.mean([VEHICLE_TABLE[d][1] for d in draws]), abs=1e-6)
+    assert result.cmc[1] == 1.0
+    again = run(ev, feats, pids, cams=[0, 0, 0, 0])
+    assert [tuple(g) for g in again.extra['gallery_indices']] == draws  # seeded
+
+
+def test_vehicleid_draw_is_one_image_per_identity():
+    pids = np.random.default_rng(0).integers(0, 30, 200)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        query, gallery = vehicleid_draw(pids, rng)
+        assert sorted(pids[gallery]) == sorted(set(pids))
+        assert sorted(np.concatenate([query, gallery])) == list(range(200))
+
+
+# ------------------------------------------------------------------- animal
+# Gallery = the four query images. Positions x0 = x1 = 0, x2 = 1, x3 = 3; ids B A A B.
+# x1 has the same feature as x0, which comes first in the gallery, so for x1 the order is
+# x0 (0, miss), x1 (0, itself), x2 (1, hit). Dropping x1 itself puts the hit at rank 2;
+# upstream's "drop the nearest" would drop x0 and count x1 itself as a rank-1 hit.
+# Trapezoid term of a hit = (precision before it + precision at it) / 2.
+#   x0 (B): x1 miss, x2 miss, x3 hit -> rank 3: AP 1/3, trapezoid (0/2 + 1/3)/2 = 1/6
+#   x1 (A): x0 miss, x2 hit -> rank 2: AP 1/2, trapezoid (0/1 + 1/2)/2 = 1/4
+#   x2 (A): x0 (1, index before x1) miss, x1 (1) hit -> rank 2: AP 1/2, trapezoid 1/4
+#   x3 (B): x2 (4) miss, x0 (9) hit -> rank 2: AP 1/2, trapezoid 1/4
+ANIMAL_FEATS, ANIMAL_PIDS = [0.0, 0.0, 1.0, 3.0], np.array([1, 0, 0, 1])
+
+
+@pytest.mark.parametrize('mode,expected', [('standard', (1 / 3 + 3 / 2) / 4), ('trapezoid', (1 / 6 + 3 / 4) / 4)])
+def test_animal_drops_the_query_itself(mode, expected):
+    paths = [f'x{i}.jpg' for i in range(4)]
+    ev = R1_mAP_eval(4, feat_norm='no', protocol='animal', ap_mode=mode)
+    # gallery given explicitly (same images, same paths) and as the query set itself
+    both = run(ev, ANIMAL_FEATS * 2, np.tile(ANIMAL_PIDS, 2), paths=paths * 2)
+    alone = run(ev, ANIMAL_FEATS, ANIMAL_PIDS, paths=paths)
+    for result in (both, alone):
+        assert result.mAP == pytest.approx(expected, abs=1e-12)
+        assert result.cmc[:3].tolist() == [0.0, 0.75, 1.0]
+        assert list(result.summary())[0] == f'mAP({mode})' and result.ap_mode == mode
+        assert result.excluded_mask(1).tolist() == [False, True, False, False]
+
+
+def test_animal_trapezoid_by_hand():
+    # hits at ranks 1, 3, 6 of 6: ((1+1)/2 + (1/2 + 2/3)/2 + (2/5 + 3/6)/2) / 3 = 61/90
+    feats = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    pids = np.array([7, 7, 3, 7, 3, 3, 7])
+    result = run(R1_mAP_eval(1, feat_norm='no', protocol='animal', ap_mode='trapezoid'), feats, pids,
+                 paths=[f'{i}.png' for i in range(7)])
+    assert result.mAP == pytest.approx(61 / 90, abs=1e-12)
+
+
+def test_animal_needs_paths_when_the_gallery_is_separate():
+    with pytest.raises(ReIDError, match='paths'):
+        run(R1_mAP_eval(2, protocol='animal'), [[1.0], [2.0], [3.0]], np.array([0, 0, 1]))
+
+
+# --------------------------------------------------------------------- ATRW
+# imgid: entity, camera (frame[0], frame[1]), frame, kind, 1-D position
+#   0: e1 (0,0) 10 sing  0.0 | 1: e1 (0,0) 12 sing 0.1 | 2: e1 (0,0) 15 sing 0.5
+#   3: e2 (1,0)  5 multi 3.0 | 4: e2 (2,0)  5 multi 2.0 | 5: e-1 (0,0) 11 ''   0.2
+#   6: e3 (1,0)  7 ''    2.5 | 7: e4 (3,0)  1 multi 10.0
+# junk = same entity, same camera, |frame difference| <= 3, or entity -1.
+#   q0: 1 (junk, 2 frames), 5 (junk, e-1), 2 (hit, 5 frames) -> AP 1, top-1
+#   q1: 0, 5, 2 all junk (2 and 3 frames) -> no valid match: AP 0, miss
+#   q2: 5 (junk), 1 (junk, 3 frames), 0 (hit, 5 frames) -> AP 1, top-1
+#   q3: 6 (e3 miss), 4 (hit, other camera) -> rank 2: AP 1/2, top-5
+#   q4: 6 (miss), 3 (hit) -> AP 1/2, top-5 | q7: no other e4 -> AP 0, miss
+# single-camera: mAP 2/3, top-1 2/3, top-5 2/3; cross-camera: mAP 1/3, top-1 0, top-5 2/3
+ATRW = [(1, (0, 0), 10, 'sing', 0.0), (1, (0, 0), 12, 'sing', 0.1), (1, (0, 0), 15, 'sing', 0.5),
+        (2, (1, 0), 5, 'multi', 3.0), (2, (2, 0), 5, 'multi', 2.0), (-1, (0, 0), 11, '', 0.2),
+        (3, (1, 0), 7, '', 2.5), (4, (3, 0), 1, 'multi', 10.0)]
+
+
+def write_annotation(path, rows):
+    json.dump([{'imgid': i, 'query': kind, 'entityid': eid, 'frame': [cam[0], cam[1], frame]}
+               for i, (eid, cam, frame, kind, _) in enumerate(rows)], open(path, 'w'))
+    return str(path)
+
+
+def test_atrw_official_rules(tmp_path):
+    anno = write_annotation(tmp_path / 'gt_test_plain.json', ATRW)
+    paths = [f'/data/test/{i:06d}.jpg' for i in range(len(ATRW))]
+    ev = R1_mAP_eval(len(ATRW), feat_norm='no', protocol='atrw', atrw_annotation=anno)
+    result = run(ev, [r[4] for r in ATRW], np.zeros(len(ATRW), int), paths=paths)
+    expected = {'mmAP': 0.5, 'mAP(single_cam)': 2 / 3, 'top-1(single_cam)': 2 / 3,
+                'top-5(single_cam)': 2 / 3, 'mAP(cross_cam)': 1 / 3, 'top-1(cross_cam)': 0.0,
+                'top-5(cross_cam)': 2 / 3}
+    assert list(result.summary()) == list(expected)
+    assert result.summary() == pytest.approx(expected, abs=1e-12)
+    assert result.excluded_mask(0).tolist() == [True, True, False, False, False, True, False, False]
+    # the same image given in query and gallery is scored once
+    twice = run(R1_mAP_eval(len(ATRW), feat_norm='no', protocol='atrw', atrw_annotation=anno),
+                [r[4] for r in ATRW] + [0.0], np.zeros(len(ATRW) + 1, int), paths=paths + paths[:1])
+    assert twice.summary() == result.summary()
+
+
+def test_atrw_matches_official_scoring_on_random_data(tmp_path):
+    """Official procedure: rank every other image, mask junk, sklearn AP (equal to ours)."""
+    from sklearn.metrics import average_precision_score
+    rng = np.random.default_rng(5)
+    n = 60
+    rows = [(int(rng.integers(-1, 8)), (int(rng.integers(0, 2)), 0), int(rng.integers(0, 12)),
+             str(rng.choice(['sing', 'multi'])), 0.0) for _ in range(n)]
+    feats = rng.standard_normal((n, 4))
+    anno = write_annotation(tmp_path / 'a.json', rows)
+    result = run(R1_mAP_eval(n, feat_norm='no', protocol='atrw', atrw_annotation=anno), feats,
+                 np.zeros(n, int), paths=[f'{i}.jpg' for i in range(n)])
+    aps = {'sing': [], 'multi': []}
+    for q in range(n):
+        order = [j for j in np.argsort(result.distmat[q], kind='stable') if j != q]
+        eid, cam, frame = rows[q][0], rows[q][1], rows[q][2]
+        junk = np.array([rows[j][0] == -1 or (rows[j][0] == eid and rows[j][1] == cam
+                                              and abs(rows[j][2] - frame) <= 3) for j in order])
+        match = np.array([rows[j][0] == eid for j in order]) & ~junk
+        scores = np.where(junk, 0.0, 1.0 / (np.arange(len(order)) + 1))
+        aps[rows[q][3]].append(average_precision_score(match, scores) if match.any() else 0.0)
+    assert result.summary()['mAP(single_cam)'] == pytest.approx(np.mean(aps['sing']), abs=1e-12)
+    assert result.summary()['mAP(cross_cam)'] == pytest.approx(np.mean(aps['multi']), abs=1e-12)
+
+
+def test_atrw_bad_inputs(tmp_path):
+    anno = write_annotation(tmp_path / 'a.json', ATRW)
+    ev = R1_mAP_eval(2, protocol='atrw', atrw_annotation=anno)
+    with pytest.raises(ReIDError, match='not in TEST.ATRW_ANNOTATION'):
+        run(ev, [[1.0], [2.0]], np.zeros(2, int), paths=['000001.jpg', '000099.jpg'])
+    with pytest.raises(ReIDError, match='imgid'):
+        run(ev, [[1.0], [2.0]], np.zeros(2, int), paths=['000001.jpg', 'tiger.jpg'])
+    (tmp_path / 'bad.json').write_text('{"imgid": 1}')
+    with pytest.raises(ReIDError, match='bad.json'):
+        R1_mAP_eval(2, protocol='atrw', atrw_annotation=str(tmp_path / 'bad.json'))

@@ -1,0 +1,130 @@
+"""Re-ranking against a dense reference written from the paper / upstream description."""
+import numpy as np
+import pytest
+import torch
+
+from utils.metrics import eval_func
+from utils.reranking import KReciprocal, re_ranking, re_ranking_chunks
+
+
+def reference_re_ranking(q, g, k1, k2, lam, transform='euclidean'):
+    """Dense k-reciprocal re-ranking as TransReID / CLIP-ReID compute it (the test oracle).
+
+    Squared euclidean over the stacked features, divided by the column maximum and
+    transposed; V, its query expansion and the Jaccard accumulator in float16.
+    g=None: the gallery is the query set (stacked set = queries only).
+    """
+    feats = q if g is None else np.concatenate([q, g])
+    num_q, n = len(q), len(feats)
+    if transform == 'euclidean':
+        sq = (feats ** 2).sum(1)
+        dist = (sq[:, None] + sq[None, :] - 2 * feats @ feats.T).astype(np.float32)
+    else:  # cosine_sq: the animal code turns cosine similarity s into (2 - 2s)^2
+        unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+        dist = np.power(2 - 2 * unit @ unit.T, 2).astype(np.float32)
+    dist = np.transpose(dist / np.max(dist, axis=0))
+    V = np.zeros_like(dist).astype(np.float16)
+    rank = np.argsort(dist, kind='stable')
+    half = int(np.around(k1 / 2)) + 1
+    for i in range(n):
+        fwd = rank[i, :k1 + 1]
+        recip = fwd[np.where(rank[fwd, :k1 + 1] == i)[0]]
+        expansion = recip
+        for cand in recip:
+            c_fwd = rank[cand, :half]
+            c_recip = c_fwd[np.where(rank[c_fwd, :half] == cand)[0]]
+            if len(np.intersect1d(c_recip, recip)) > 2 / 3 * len(c_recip):
+                expansion = np.append(expansion, c_recip)
+        expansion = np.unique(expansion)
+        weight = np.exp(-dist[i, expansion])
+        V[i, expansion] = weight / np.sum(weight)
+    if k2 != 1:
+        V = np.stack([np.mean(V[rank[i, :k2], :], axis=0) for i in range(n)]).astype(np.float16)
+    jaccard = np.zeros((num_q, n), dtype=np.float16)
+    for i in range(num_q):
+        acc = np.zeros(n, dtype=np.float16)
+        for k in np.where(V[i] != 0)[0]:
+            rows = np.where(V[:, k] != 0)[0]
+            acc[rows] = acc[rows] + np.minimum(V[i, k], V[rows, k])
+        jaccard[i] = 1 - acc / (2 - acc)
+    final = jaccard * (1 - lam) + dist[:num_q] * lam
+    return final[:, 0 if g is None else num_q:]
+
+
+def clustered(rng, n_ids, per_id, dim, spread=0.6):
+    centres = rng.standard_normal((n_ids, dim))
+    pids = np.repeat(np.arange(n_ids), per_id)
+    feats = centres[pids] + spread * rng.standard_normal((len(pids), dim))
+    return feats.astype(np.float32), pids
+
+
+@pytest.fixture(scope='module')
+def split():
+    rng = np.random.default_rng(0)
+    feats, pids = clustered(rng, 30, 8, 16)
+    order = rng.permutation(len(pids))
+    feats, pids = feats[order], pids[order]
+    cams = rng.integers(0, 4, len(pids))
+    return feats[:60], feats[60:], pids[:60], pids[60:], cams[:60], cams[60:]
+
+
+@pytest.mark.parametrize('k1,k2,lam,transform', [(20, 6, 0.3, 'euclidean'), (12, 1, 0.5, 'euclidean'),
+                                                 (9, 3, 0.3, 'cosine_sq')])
+def test_matches_reference(split, k1, k2, lam, transform):
+    qf, gf, qp, gp, qc, gc = split
+    ours = re_ranking(torch.from_numpy(qf), torch.from_numpy(gf), k1, k2, lam, dist=transform)
+    ref = reference_re_ranking(qf, gf, k1, k2, lam, transform)
+    assert ours.shape == ref.shape == (60, 180)
+    assert np.abs(ours - ref).max() < 1e-3
+    cmc, mAP = eval_func(ours, qp, gp, qc, gc)
+    cmc_ref, mAP_ref = eval_func(ref.astype(np.float32), qp, gp, qc, gc)
+    assert abs(mAP - mAP_ref) < 1e-3 and np.abs(cmc - cmc_ref).max() < 1e-3
+    plain, _ = eval_func(((qf[:, None] - gf[None]) ** 2).sum(2), qp, gp, qc, gc)
+    assert mAP != pytest.approx(eval_func(((qf[:, None] - gf[None]) ** 2).sum(2), qp, gp, qc, gc)[1])
+
+
+def test_self_gallery_matches_reference(split):
+    qf = split[0]
+    ours = re_ranking(qf, None, 10, 4, 0.3)
+    assert np.abs(ours - reference_re_ranking(qf, None, 10, 4, 0.3)).max() < 1e-3
+
+
+def test_chunks_equal_whole_exactly():
+    rng = np.random.default_rng(1)
+    feats, _ = clustered(rng, 40, 6, 12)
+    qf, gf = torch.from_numpy(feats[:70]), torch.from_numpy(feats[70:])
+    whole = torch.cat([c for _, _, c in re_ranking_chunks(qf, gf, 15, 5, 0.3, rows=1024, block=8)])
+    for rows in (8, 24):
+        parts = list(re_ranking_chunks(qf, gf, 15, 5, 0.3, rows=rows, block=8))
+        assert [p[0] for p in parts] == list(range(0, 70, rows))
+        assert torch.equal(torch.cat([p[2] for p in parts]), whole)
+
+
+def test_pair_batches_do_not_change_results(monkeypatch):
+    rng = np.random.default_rng(2)
+    feats, _ = clustered(rng, 20, 5, 8)
+    expected = re_ranking(feats[:30], feats[30:], 10, 3, 0.3)
+    monkeypatch.setattr('utils.reranking._PAIRS', 5)
+    assert np.array_equal(re_ranking(feats[:30], feats[30:], 10, 3, 0.3), expected)
+
+
+def test_encoding_is_sparse_and_normalised(split):
+    kr = KReciprocal(split[0], split[1], k1=20, k2=1)
+    nnz = kr.crow[1:] - kr.crow[:-1]
+    assert int(nnz.min()) >= 1 and int(nnz.max()) < kr.n // 2
+    sums = torch.zeros(kr.n).index_add_(0, torch.repeat_interleave(torch.arange(kr.n), nnz), kr.val)
+    assert torch.allclose(sums, torch.ones(kr.n), atol=5e-3)  # float16 rounding of each weight
+    assert torch.equal(kr.val.half().float(), kr.val)
+
+
+def test_bad_distance_is_refused(split):
+    with pytest.raises(ValueError, match='cosine_sq'):
+        re_ranking(split[0], split[1], dist='manhattan')
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a GPU')
+def test_cuda_matches_cpu(split):
+    qf, gf = torch.from_numpy(split[0]), torch.from_numpy(split[1])
+    cpu = re_ranking(qf, gf, 20, 6, 0.3)
+    gpu = re_ranking(qf.cuda(), gf.cuda(), 20, 6, 0.3)
+    assert np.abs(cpu - gpu).max() < 1e-3

@@ -1,0 +1,69 @@
+"""Query x gallery distances, produced in row chunks so no caller has to hold more than it wants.
+
+Distances are always computed in blocks of BLOCK rows aligned to absolute row indices and
+then grouped into chunks: the bits of a distance never depend on how a caller chunks, so
+chunked and whole-matrix evaluation give identical results.
+"""
+import torch
+import torch.nn.functional as F
+
+BLOCK = 256  # rows per distance matmul
+CHUNK_ELEMENTS = 1 << 23  # about this many distances per chunk handed to callers
+
+METRICS = ('euclidean', 'cosine')
+
+
+def as_tensor(x, dtype=torch.float32):
+    """A torch tensor on the input's device (numpy arrays and lists go to the CPU)."""
+    if torch.is_tensor(x):
+        return x.detach().to(dtype)
+    return torch.as_tensor(x, dtype=dtype)
+
+
+def chunk_rows(num_cols, block=BLOCK, elements=CHUNK_ELEMENTS):
+    """Rows per chunk: a multiple of `block` holding about `elements` entries."""
+    return block * max(1, elements // max(1, num_cols * block))
+
+
+def distance_block(a, b, metric, b_sq=None):
+    """[len(a), len(b)] distances. 'euclidean' is squared, as in TransReID/CLIP-ReID
+    (ranking is the same as with the root); 'cosine' is 1 - cosine similarity on features
+    the caller has L2-normalised."""
+    if metric == 'euclidean':
+        if b_sq is None:
+            b_sq = b.pow(2).sum(1)
+        return (a.pow(2).sum(1, keepdim=True) + b_sq[None, :]).addmm_(a, b.t(), alpha=-2)
+    if metric == 'cosine':
+        return 1 - a @ b.t()
+    raise ValueError(f'unknown distance {metric!r}; use one of {METRICS}')
+
+
+def prepare(feats, metric):
+    return F.normalize(feats, dim=1) if metric == 'cosine' else feats
+
+
+def distance_chunks(qf, gf, metric='euclidean', rows=None, block=BLOCK):
+    """Yield (start, end, [end - start, G] float32 distances) over the queries.
+
+    gf=None means the gallery is the query set itself. rows: rows per chunk (rounded up to
+    a multiple of `block`); None picks a size holding about CHUNK_ELEMENTS distances.
+    """
+    qf = prepare(as_tensor(qf), metric)
+    gf = qf if gf is None else prepare(as_tensor(gf).to(qf.device), metric)
+    g_sq = gf.pow(2).sum(1)
+    rows = chunk_rows(gf.shape[0], block) if rows is None else -(-rows // block) * block
+    for start in range(0, qf.shape[0], rows):
+        end = min(start + rows, qf.shape[0])
+        blocks = [distance_block(qf[b:min(b + block, end)], gf, metric, g_sq)
+                  for b in range(start, end, block)]
+        yield start, end, blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+
+
+def matrix_chunks(distmat, rows=None):
+    """Yield (start, end, rows) of a whole distance matrix (numpy or torch), without copying."""
+    dist = torch.as_tensor(distmat) if not torch.is_tensor(distmat) else distmat
+    if not dist.is_floating_point():
+        dist = dist.double()
+    rows = rows or chunk_rows(dist.shape[1], block=1)
+    for start in range(0, dist.shape[0], rows):
+        yield start, min(start + rows, dist.shape[0]), dist[start:start + rows]

@@ -1,0 +1,166 @@
+"""Re-ID evaluation: the standard eval_func, the batch-by-batch evaluator and its factory.
+
+eval_func is the Market-1501 computation of TransReID / CLIP-ReID (same CMC and AP, ties
+ordered stably), done on chunks of queries with vectorised ranks (utils.ranking), so it
+never sorts or copies the whole matrix. The protocols live in utils.protocols / utils.atrw.
+"""
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import distributed as du
+from .atrw import evaluate_atrw, load_annotation
+from .distance import METRICS, as_tensor, matrix_chunks
+from .errors import ReIDError
+from .protocols import (PROTOCOLS, DistanceSpec, EvalResult, Split, evaluate_animal,
+                        evaluate_standard, evaluate_vehicleid, scores)
+from .ranking import RankStats
+from .reranking import INITIAL_DISTANCES
+
+__all__ = ['eval_func', 'R1_mAP_eval', 'make_evaluator', 'EvalResult']
+
+AP_MODES = ('standard', 'trapezoid')
+
+
+def eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chunk_rows=None):
+    """(cmc, mAP) of a [Q, G] distance matrix (numpy or torch, any device) by the standard
+    protocol: per query, gallery entries with its identity and camera are dropped, queries
+    without a remaining match are skipped; cmc[r] is the fraction of the others whose first
+    match is within rank r + 1 (float32, length min(max_rank, G)); AP is the mean of the
+    precision at each match. chunk_rows only bounds memory; results do not depend on it."""
+    qp, gp = as_tensor(q_pids, torch.int64), as_tensor(g_pids, torch.int64)
+    qc, gc = as_tensor(q_camids, torch.int64), as_tensor(g_camids, torch.int64)
+
+    def excluded(s, e):
+        return (gp[None, :] == qp[s:e, None]) & (gc[None, :] == qc[s:e, None])
+
+    stats = RankStats.collect(matrix_chunks(distmat, chunk_rows), qp, gp, excluded)
+    cmc, mAP = scores(stats, min(max_rank, len(gp)))
+    return cmc, mAP
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        raise ReIDError(f'{key} must be one of {", ".join(map(repr, choices))}, got {value!r}')
+    return value
+
+
+def _feat_norm(value):
+    if isinstance(value, bool):
+        return value
+    return _choice('TEST.FEAT_NORM', str(value).lower(), ('yes', 'no')) == 'yes'
+
+
+class R1_mAP_eval:
+    """Gathers features batch by batch; compute() scores them by the chosen protocol.
+
+    The first num_query items are the queries, the rest the gallery (VehicleID and ATRW:
+    all test images as queries and an empty gallery). Under torch.distributed every rank
+    gathers all ranks' items in rank order and returns the same result.
+    """
+
+    def __init__(self, num_query, max_rank=50, feat_norm='yes', reranking=False, *,
+                 protocol='standard', distance='euclidean', k1=20, k2=6, lambda_value=0.3,
+                 rerank_dist='euclidean', ap_mode='trapezoid', atrw_annotation='',
+                 vehicleid_trials=10, vehicleid_seed=0, dist_mat_path='', visualize=0,
+                 output_dir=''):
+        self.num_query, self.max_rank = num_query, max_rank
+        self.feat_norm = _feat_norm(feat_norm)
+        self.protocol = _choice('TEST.PROTOCOL', protocol, PROTOCOLS)
+        self.spec = DistanceSpec(_choice('TEST.DISTANCE', distance, METRICS))
+        if reranking:
+            self.spec.rerank = dict(k1=k1, k2=k2, lambda_value=lambda_value,
+                                    dist=_choice('TEST.RE_RANKING_DIST', rerank_dist, INITIAL_DISTANCES))
+        self.ap_mode = _choice('TEST.AP_MODE', ap_mode, AP_MODES)
+        if self.protocol == 'atrw':
+            load_annotation(atrw_annotation)  # fail now, not after feature extraction
+        self.atrw_annotation = atrw_annotation
+        self.trials, self.seed = vehicleid_trials, vehicleid_seed
+        if self.protocol == 'vehicleid' and vehicleid_trials < 1:
+            raise ReIDError(f'TEST.VEHICLEID_TRIALS must be at least 1, got {vehicleid_trials}')
+        self.dist_mat_path, self.visualize, self.output_dir = dist_mat_path, visualize, output_dir
+        self.reset()
+
+    def reset(self):
+        self.feats, self.pids, self.camids, self.paths = [], [], [], []
+
+    def update(self, output):
+        feat, pids, camids = output[:3]
+        self.feats.append(feat.detach())
+        self.pids.append(as_tensor(pids, torch.int64).cpu().reshape(-1))
+        self.camids.append(as_tensor(camids, torch.int64).cpu().reshape(-1))
+        if len(output) > 3:
+            self.paths.extend(output[3])
+
+    def _gathered(self):
+        feats = torch.cat(self.feats) if self.feats else torch.zeros(0, 0)
+        pids = torch.cat(self.pids) if self.pids else torch.zeros(0, dtype=torch.int64)
+        camids = torch.cat(self.camids) if self.camids else torch.zeros(0, dtype=torch.int64)
+        paths = list(self.paths)
+        if du.is_dist():
+            dim = max(du.all_gather_object(feats.shape[1]))
+            feats = du.all_gather_tensor(feats.reshape(-1, dim).float())
+            pids = du.all_gather_tensor(pids.to(feats.device)).cpu()
+            camids = du.all_gather_tensor(camids.to(feats.device)).cpu()
+            paths = [p for part in du.all_gather_object(paths) for p in part]
+        if paths and len(paths) != len(pids):
+            raise ReIDError(f'got {len(paths)} image paths for {len(pids)} features')
+        return feats.float(), pids.numpy(), camids.numpy(), paths or None
+
+    def compute(self):
+        feats, pids, camids, paths = self._gathered()
+        n, nq = len(pids), self.num_query
+        if not 0 < nq <= n:
+            raise ReIDError(f'num_query is {nq} but {n} images were evaluated')
+        if self.feat_norm:
+            feats = F.normalize(feats, dim=1, p=2)
+        q = Split(feats[:nq], pids[:nq], camids[:nq], paths[:nq] if paths else None)
+        g = Split(feats[nq:], pids[nq:], camids[nq:], paths[nq:] if paths else None)
+        if self.protocol == 'standard':
+            result = evaluate_standard(self.spec, q, g, self.max_rank)
+        elif self.protocol == 'animal':
+            result = evaluate_animal(self.spec, q, g, self.max_rank, self.ap_mode)
+        elif self.protocol == 'vehicleid':
+            test = Split(feats, pids, camids, paths)
+            result = evaluate_vehicleid(self.spec, test, self.max_rank, self.trials, self.seed)
+        else:
+            test = Split(feats, pids, camids, paths)
+            result = evaluate_atrw(self.spec, test, self.atrw_annotation, self.max_rank)
+        if du.is_main_process():
+            self._save(result)
+        return result
+
+    def _save(self, result):
+        if self.dist_mat_path and result.distmat is not None:
+            save_distmat(result.distmat, self.dist_mat_path)
+        if self.visualize and self.output_dir:
+            from .visualize import plot_cmc, save_rank_lists
+            save_rank_lists(result, os.path.join(self.output_dir, 'rank_lists'), self.visualize)
+            plot_cmc(result.cmc, os.path.join(self.output_dir, 'cmc.png'), title=result.protocol)
+
+
+def save_distmat(distmat, path):
+    """np.save to path (.npy added if missing), written atomically."""
+    path = path if path.endswith('.npy') else path + '.npy'
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + '.tmp'
+    with open(tmp, 'wb') as f:
+        np.save(f, distmat)
+    os.replace(tmp, path)
+    return path
+
+
+def make_evaluator(cfg, num_query, protocol):
+    """The evaluator cfg.TEST asks for; TEST.PROTOCOL 'auto' uses the dataset's `protocol`."""
+    t = cfg.TEST
+    name = (protocol or 'standard') if t.PROTOCOL == 'auto' else t.PROTOCOL
+    return R1_mAP_eval(
+        num_query, max_rank=t.MAX_RANK, feat_norm=t.FEAT_NORM, reranking=t.RE_RANKING,
+        protocol=_choice('TEST.PROTOCOL', name, PROTOCOLS), distance=t.DISTANCE,
+        k1=t.RE_RANKING_K1, k2=t.RE_RANKING_K2, lambda_value=t.RE_RANKING_LAMBDA,
+        rerank_dist=t.RE_RANKING_DIST, ap_mode=t.AP_MODE, atrw_annotation=t.ATRW_ANNOTATION,
+        vehicleid_trials=t.VEHICLEID_TRIALS,
+        dist_mat_path=os.path.join(cfg.OUTPUT_DIR, t.DIST_MAT) if t.DIST_MAT else '',
+        visualize=t.VISUALIZE, output_dir=cfg.OUTPUT_DIR)
