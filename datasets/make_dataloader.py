@@ -1,0 +1,78 @@
+"""make_dataloader(cfg): the dataset, its loaders and the numbers the model needs."""
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from utils.distributed import get_rank, get_world_size, is_main_process
+from utils.errors import ReIDError
+
+from .bases import ImageDataset, ReIDDataset
+from .registry import init_dataset
+from .samplers import PKSampler, ShuffleSampler
+from .transforms import build_transforms
+
+
+@dataclass
+class DataBundle:
+    train_loader: DataLoader       # PK / shuffled batches (train transform); sampler.set_epoch
+    train_eval_loader: DataLoader  # dataset.train in order, test transform, every rank all of it
+    val_loader: DataLoader         # query then gallery, test transform, contiguous DDP shards
+    num_query: int
+    num_classes: int
+    camera_num: int
+    view_num: int
+    dataset: ReIDDataset
+
+
+def collate(batch):
+    """(imgs [B,3,H,W], pids, camids, viewids as int64 [B]) plus paths (a list) for test."""
+    columns = list(zip(*batch))
+    out = [torch.stack(columns[0])] + [torch.tensor(c, dtype=torch.int64) for c in columns[1:4]]
+    return tuple(out + [list(columns[4])] if len(columns) > 4 else out)
+
+
+def train_batch_size(cfg):
+    """Global PK batch: SOLVER.STAGE2.IMS_PER_BATCH for CLIP-ReID, SOLVER.IMS_PER_BATCH else."""
+    return cfg.SOLVER.STAGE2.IMS_PER_BATCH if cfg.MODEL.METHOD == 'clipreid' else cfg.SOLVER.IMS_PER_BATCH
+
+
+def dataset_kwargs(cfg):
+    """The DATASETS keys every loader may take (each uses the ones it needs)."""
+    d = cfg.DATASETS
+    return dict(on_bad_image=d.ON_BAD_IMAGE, verbose=is_main_process(),
+                test_size=d.VEHICLEID_TEST_SIZE, view_labels=d.VIEW_LABELS, species=d.SPECIES,
+                data_dir=d.DATA_DIR, test_root=d.TEST_ROOT_DIR, train_list=d.TRAIN_LIST,
+                query_list=d.QUERY_LIST, gallery_list=d.GALLERY_LIST)
+
+
+def make_train_sampler(cfg, records, rank=0, world_size=1):
+    kind, batch = cfg.DATALOADER.SAMPLER, train_batch_size(cfg)
+    if 'triplet' in kind:
+        return PKSampler(records, batch, cfg.DATALOADER.NUM_INSTANCE, cfg.SOLVER.SEED,
+                         rank, world_size)
+    if kind == 'softmax':
+        return ShuffleSampler(len(records), batch, cfg.SOLVER.SEED, rank, world_size)
+    raise ReIDError(f"DATALOADER.SAMPLER must be 'softmax', 'softmax_triplet' or 'triplet', "
+                    f'got {kind!r}')
+
+
+def make_dataloader(cfg):
+    rank, world = get_rank(), get_world_size()
+    dataset = init_dataset(cfg.DATASETS.NAMES, root=cfg.DATASETS.ROOT_DIR, **dataset_kwargs(cfg))
+    common = dict(num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=collate,
+                  pin_memory=torch.cuda.is_available())
+    sampler = make_train_sampler(cfg, dataset.train, rank, world)
+    train_loader = DataLoader(ImageDataset(dataset.train, build_transforms(cfg, is_train=True)),
+                              batch_size=sampler.per_rank, sampler=sampler, drop_last=True,
+                              generator=sampler.generator, **common)
+    test_transform = build_transforms(cfg, is_train=False)
+    train_eval_loader = DataLoader(ImageDataset(dataset.train, test_transform),
+                                   batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **common)
+    records = dataset.query + dataset.gallery
+    shard = records[len(records) * rank // world:len(records) * (rank + 1) // world]
+    val_loader = DataLoader(ImageDataset(shard, test_transform, with_path=True),
+                            batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **common)
+    return DataBundle(train_loader, train_eval_loader, val_loader, len(dataset.query),
+                      dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_vids,
+                      dataset)
