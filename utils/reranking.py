@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from .distance import BLOCK, as_tensor, chunk_rows
 
 INITIAL_DISTANCES = ('euclidean', 'cosine_sq')
-_PAIRS = 1 << 16  # feature pairs per gather when weighting V
+_PAIRS = 1 << 14  # feature pairs per gather when weighting V
+_ROWS = 4096  # rows per step of the neighbour-set computations
 
 
 def _f16(x):
@@ -91,12 +92,12 @@ class KReciprocal:
         own = torch.arange(start, end, device=fwd.device)[:, None, None]
         return (back == own).any(2)
 
-    def _expansion(self, start, end):
+    def _expansion(self, start, end, half_mask):
         """(rows, cols) of the expanded k-reciprocal sets of rows start..end."""
         cand = self.rank[start:end]
         in_k = self._reciprocal(self.k1, start, end)
         half = self.rank[cand, :self.kh]  # [c, k1, kh] half-size neighbours of each candidate
-        half_ok = self._half_mask[cand]  # [c, k1, kh] which of them are half-reciprocal
+        half_ok = half_mask[cand]  # [c, k1, kh] which of them are half-reciprocal
         shared = ((half[..., None] == cand[:, None, None, :]) & in_k[:, None, None, :]).any(3)
         size = half_ok.sum(2)
         # upstream: len(intersect) > 2/3 * len(candidate set), in integers
@@ -109,13 +110,12 @@ class KReciprocal:
 
     def _encode(self):
         """Sparse V: V[i, j] = exp(-d_ij) / sum over i's expanded set, rounded to float16."""
-        self._half_mask = torch.cat([self._reciprocal(self.kh, s, min(s + 4096, self.n))
-                                     for s in range(0, self.n, 4096)])
+        steps = [(s, min(s + _ROWS, self.n)) for s in range(0, self.n, _ROWS)]
+        half_mask = torch.cat([self._reciprocal(self.kh, s, e) for s, e in steps])
         keys = []
-        for s in range(0, self.n, 4096):
-            rows, cols = self._expansion(s, min(s + 4096, self.n))
+        for s, e in steps:
+            rows, cols = self._expansion(s, e, half_mask)
             keys.append(torch.unique(rows * self.n + cols))
-        del self._half_mask
         keys = torch.cat(keys)  # sorted: each chunk sorted, chunks in row order
         rows, cols = keys // self.n, keys % self.n
         weight = torch.empty(keys.numel(), device=keys.device)
