@@ -8,6 +8,7 @@ import torch
 from utils.errors import ReIDError
 from utils.metrics import R1_mAP_eval
 from utils.protocols import vehicleid_draw
+from utils.reranking import re_ranking
 
 
 def run(evaluator, feats, pids, cams=None, paths=None):
@@ -86,6 +87,22 @@ def test_animal_trapezoid_by_hand():
     result = run(R1_mAP_eval(1, feat_norm='no', protocol='animal', ap_mode='trapezoid'), feats, pids,
                  paths=[f'{i}.png' for i in range(7)])
     assert result.mAP == pytest.approx(61 / 90, abs=1e-12)
+
+
+def test_animal_reranks_the_query_set_against_itself():
+    rng = np.random.default_rng(6)
+    pids = rng.permutation(np.repeat(np.arange(8), 4))
+    feats = rng.standard_normal((8, 6))[pids] + 0.7 * rng.standard_normal((32, 6))
+    ev = R1_mAP_eval(32, protocol='animal', ap_mode='standard', reranking=True, k1=5, k2=2)
+    result = run(ev, feats, pids)
+    unit = torch.nn.functional.normalize(torch.tensor(feats, dtype=torch.float32), dim=1)
+    assert np.array_equal(result.distmat, re_ranking(unit, None, 5, 2, 0.3))
+    aps = []
+    for q in range(32):  # own image dropped by index, standard AP
+        order = [j for j in np.argsort(result.distmat[q], kind='stable') if j != q]
+        hits = np.flatnonzero(pids[order] == pids[q]) + 1
+        aps.append(np.mean(np.arange(1, len(hits) + 1) / hits))
+    assert result.mAP == pytest.approx(np.mean(aps), abs=1e-12)
 
 
 def test_animal_needs_paths_when_the_gallery_is_separate():

@@ -76,11 +76,12 @@ def test_matches_reference(split, k1, k2, lam, transform):
     ref = reference_re_ranking(qf, gf, k1, k2, lam, transform)
     assert ours.shape == ref.shape == (60, 180)
     assert np.abs(ours - ref).max() < 1e-3
+    assert np.quantile(np.abs(ours - ref), 0.99) < 1e-5  # the float16 steps are upstream's own
     cmc, mAP = eval_func(ours, qp, gp, qc, gc)
     cmc_ref, mAP_ref = eval_func(ref.astype(np.float32), qp, gp, qc, gc)
     assert abs(mAP - mAP_ref) < 1e-3 and np.abs(cmc - cmc_ref).max() < 1e-3
-    plain, _ = eval_func(((qf[:, None] - gf[None]) ** 2).sum(2), qp, gp, qc, gc)
-    assert mAP != pytest.approx(eval_func(((qf[:, None] - gf[None]) ** 2).sum(2), qp, gp, qc, gc)[1])
+    plain = eval_func(((qf[:, None] - gf[None]) ** 2).sum(2), qp, gp, qc, gc)[1]
+    assert mAP != pytest.approx(plain, abs=1e-3)  # re-ranking did change the ranking
 
 
 def test_self_gallery_matches_reference(split):
