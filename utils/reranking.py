@@ -1,4 +1,4 @@
-"""k-reciprocal re-ranking (Zhong et al., CVPR 2017), exact and memory-bounded.
+"""k-reciprocal re-ranking (Zhong et al., CVPR 2017), as upstream computes it, in bounded memory.
 
 Computes what the TransReID / CLIP-ReID ``re_ranking`` computes: squared euclidean
 distances over the stacked query+gallery features, each row divided by its maximum
@@ -54,7 +54,7 @@ class KReciprocal:
         self.dist, self.block, self.lam = dist, block, lambda_value
         self.n, self.num_query = feats.shape[0], q.shape[0]
         self.gal_start = 0 if galFea is None else self.num_query
-        self.k1 = min(k1 + 1, self.n)  # a row's forward neighbours, itself included
+        self.kf = min(k1 + 1, self.n)  # a row's forward neighbours, itself included
         self.kh = min(int(np.around(k1 / 2)) + 1, self.n)
         self.k2 = min(k2, self.n)
         self._neighbours()
@@ -78,11 +78,11 @@ class KReciprocal:
     def _neighbours(self):
         dev = self.feats.device
         self.rowmax = torch.empty(self.n, device=dev)
-        self.rank = torch.empty(self.n, self.k1, dtype=torch.int64, device=dev)
+        self.rank = torch.empty(self.n, self.kf, dtype=torch.int64, device=dev)
         for b0 in range(0, self.n, self.block):
             d = self._block(b0)
             self.rowmax[b0:b0 + d.shape[0]] = d.max(1).values
-            self.rank[b0:b0 + d.shape[0]] = d.topk(self.k1, dim=1, largest=False).indices
+            self.rank[b0:b0 + d.shape[0]] = d.topk(self.kf, dim=1, largest=False).indices
 
     # -- k-reciprocal encoding -----------------------------------------------------------
     def _reciprocal(self, k, start, end):
@@ -95,9 +95,9 @@ class KReciprocal:
     def _expansion(self, start, end, half_mask):
         """(rows, cols) of the expanded k-reciprocal sets of rows start..end."""
         cand = self.rank[start:end]
-        in_k = self._reciprocal(self.k1, start, end)
-        half = self.rank[cand, :self.kh]  # [c, k1, kh] half-size neighbours of each candidate
-        half_ok = half_mask[cand]  # [c, k1, kh] which of them are half-reciprocal
+        in_k = self._reciprocal(self.kf, start, end)
+        half = self.rank[cand, :self.kh]  # [c, k1 + 1, kh] half-size neighbours of each candidate
+        half_ok = half_mask[cand]  # [c, k1 + 1, kh] which of them are half-reciprocal
         shared = ((half[..., None] == cand[:, None, None, :]) & in_k[:, None, None, :]).any(3)
         size = half_ok.sum(2)
         # upstream: len(intersect) > 2/3 * len(candidate set), in integers
