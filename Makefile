@@ -11,8 +11,14 @@ $(VENV)/.installed: requirements.txt
 
 venv: $(VENV)/.installed
 
+# Generated data and a tiny random CLIP (written once), then PCL training and evaluation.
 demo: venv
-	$(PY) demo.py
+	$(PY) -m datasets.demo_data --root demo_data --layouts market1501 --ids 60
+	test -f demo_data/tiny_clip_vit.pt || $(PY) -m model.tiny_clip --out demo_data/tiny_clip_vit.pt --arch vit --fmt torchscript
+	$(PY) train_pcl.py --config_file configs/demo/pcl.yml
+	@echo "Demo done. These numbers come from a tiny randomly initialised CLIP trained on generated"
+	@echo "images (before vs after training), not from real CLIP weights or data. For real data:"
+	@echo "  python train_pcl.py --config_file configs/pcl/market1501.yml DATASETS.ROOT_DIR /path/to/data"
 
 test: venv
 	$(PY) -m pytest -q tests

@@ -231,6 +231,8 @@ _C.TEST.ATRW_ANNOTATION = ''
 _C.TEST.VEHICLEID_TRIALS = 10
 # Number of ranks reported in the CMC
 _C.TEST.MAX_RANK = 50
+# Evaluate the untrained model before training (the zero-shot reference point)
+_C.TEST.EVAL_BEFORE_TRAIN = False
 # Save rank-list pictures for the first N queries (0 = none)
 _C.TEST.VISUALIZE = 0
 

@@ -81,6 +81,9 @@ class Trainer:
 
     def run(self, start_epoch=1):
         max_epochs = self.solver.MAX_EPOCHS
+        if start_epoch == 1 and self.evaluator is not None and self.cfg.TEST.EVAL_BEFORE_TRAIN:
+            self.logger.info('Before training:')
+            do_inference(self.cfg, self.model, self.data.val_loader, self.evaluator, self.runtime)
         for epoch in range(start_epoch, max_epochs + 1):
             self.epoch = epoch
             # Each epoch draws from generators seeded by (seed, stage, epoch, rank), so a run

@@ -6,6 +6,7 @@ from torch.nn.parallel import DistributedDataParallel
 from loss import make_loss
 from solver import make_optimizer, make_scheduler
 from utils import distributed as du
+from utils.checkpoint import unwrap
 from utils.errors import ReIDError
 from utils.metrics import make_evaluator
 
@@ -48,7 +49,8 @@ def train_pcl(cfg, model, data, runtime, resume_state=None):
 
 def train_baseline(cfg, model, data, runtime, resume_state=None):
     model = wrap_ddp(cfg, model, runtime)
-    loss_fn = make_loss(cfg, data.num_classes, solver_cfg=cfg.SOLVER).to(runtime.device)
+    loss_fn = make_loss(cfg, data.num_classes, solver_cfg=cfg.SOLVER,
+                        feat_dim=unwrap(model).in_planes_proj).to(runtime.device)
     optimizer, center_optimizer = make_optimizer(cfg.SOLVER, model, loss_fn.center)
     scheduler = make_scheduler(cfg.SOLVER, optimizer, 'multistep')
     trainer = BaselineTrainer(cfg, cfg.SOLVER, model, optimizer, scheduler, runtime, data,
@@ -74,7 +76,8 @@ def train_clipreid(cfg, model, data, runtime, resume_state=None):
     set_trainable(model, lambda name: name not in frozen_by_design
                   and not name.startswith(('prompt_learner.', 'text_encoder.')))
     ddp_model = wrap_ddp(cfg, model, runtime)
-    loss_fn = make_loss(cfg, data.num_classes, solver_cfg=s2).to(runtime.device)
+    loss_fn = make_loss(cfg, data.num_classes, solver_cfg=s2,
+                        feat_dim=model.in_planes_proj).to(runtime.device)
     optimizer, center_optimizer = make_optimizer(s2, ddp_model, loss_fn.center)
     scheduler = make_scheduler(s2, optimizer, 'multistep')
     stage2 = ImageTrainer(cfg, s2, ddp_model, optimizer, scheduler, runtime, data,
