@@ -72,7 +72,8 @@ def write_msmt17(out, shots, rng):
     last_k = max(s.k for s in shots)
     for shot in shots:
         pid = shot.index
-        rel = f'{pid:04d}/{pid:04d}_{shot.frame % 1000:03d}_{shot.cam + 1:02d}_0303morning_{shot.frame:04d}_0.jpg'
+        rel = (f'{pid:04d}/{pid:04d}_{shot.frame % 1000:03d}_{shot.cam + 1:02d}_0303morning_'
+               f'{shot.frame:04d}_0.jpg')
         folder = 'train' if shot.split == 'train' else 'test'
         _save(shot.image, osp.join(out, folder, rel))
         if shot.split == 'train':
@@ -97,7 +98,8 @@ def write_veri(out, shots, rng):
         name = f'{pid:04d}_c{shot.cam + 1:03d}_{shot.frame:08d}_0.jpg'
         _save(shot.image, osp.join(out, folders[shot.split], name))
         kind = 'train' if shot.split == 'train' else 'test'
-        keypoints[kind].append(f'{folders[shot.split]}/{name} ' + ' '.join(['-1'] * 40) + f' {shot.view}')
+        coords = ' '.join(['-1'] * 40)
+        keypoints[kind].append(f'{folders[shot.split]}/{name} {coords} {shot.view}')
         tally.add(shot.split, pid, shot.cam)
         if shot.split == 'train':
             views.add(shot.view)

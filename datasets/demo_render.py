@@ -93,7 +93,8 @@ def _vehicle(draw, ident, cx, top, unit, view):
                     top + 3.2 * unit), fill=(40, 50, 70))
     for wx in ((-0.65, 0.65) if view % 2 else (-0.8, 0.8)):
         x = cx + wx * length
-        draw.ellipse((x - 0.9 * unit, top + 5.9 * unit, x + 0.9 * unit, top + 7.7 * unit), fill=(20, 20, 20))
+        draw.ellipse((x - 0.9 * unit, top + 5.9 * unit, x + 0.9 * unit, top + 7.7 * unit),
+                     fill=(20, 20, 20))
     if ident['accessory'] != 'none':  # roof box / decal
         draw.rectangle((cx - 0.5 * cabin, top + 1.0 * unit, cx + 0.5 * cabin, top + 1.5 * unit),
                        fill=ident['accessory_colour'])
@@ -105,10 +106,12 @@ def _animal(draw, ident, cx, top, unit, view):
     side = 1 if view % 2 else -1
     for lx in (-0.8, -0.5, 0.5, 0.8):
         x = cx + lx * length
-        draw.rectangle((x - 0.35 * unit, top + 4.5 * unit, x + 0.35 * unit, top + 8 * unit), fill=ident['second'])
+        draw.rectangle((x - 0.35 * unit, top + 4.5 * unit, x + 0.35 * unit, top + 8 * unit),
+                       fill=ident['second'])
     _pattern(draw, (cx - length, top + 2.2 * unit, cx + length, top + 5.2 * unit), ident)
     hx = cx + side * (length + 0.6 * unit)
-    draw.ellipse((hx - 1.2 * unit, top + 0.8 * unit, hx + 1.2 * unit, top + 3.4 * unit), fill=ident['main'])
+    draw.ellipse((hx - 1.2 * unit, top + 0.8 * unit, hx + 1.2 * unit, top + 3.4 * unit),
+                 fill=ident['main'])
     draw.ellipse((hx - 0.4 * unit, top + 1.2 * unit, hx + 0.1 * unit, top + 1.7 * unit),
                  fill=ident['accessory_colour'])
     tx = cx - side * length

@@ -34,7 +34,8 @@ def collate(batch):
 
 def train_batch_size(cfg):
     """Global PK batch: SOLVER.STAGE2.IMS_PER_BATCH for CLIP-ReID, SOLVER.IMS_PER_BATCH else."""
-    return cfg.SOLVER.STAGE2.IMS_PER_BATCH if cfg.MODEL.METHOD == 'clipreid' else cfg.SOLVER.IMS_PER_BATCH
+    solver = cfg.SOLVER.STAGE2 if cfg.MODEL.METHOD == 'clipreid' else cfg.SOLVER
+    return solver.IMS_PER_BATCH
 
 
 def dataset_kwargs(cfg):

@@ -180,5 +180,7 @@ def test_workers_and_skipped_images_through_the_loader(demo, tmp_path):
     data = make_dataloader(cfg)
     assert data.num_query == 5 and data.dataset.num_skipped == 1
     assert sum(len(b[4]) for b in data.val_loader) == 5 + 16
+    # 'error' (the default) stops naming the file; no workers here: after a worker raised,
+    # torch's loader shutdown waits 5 s per worker
     with pytest.raises(ReIDError, match='cannot read image .*' + query[0]):
-        list(make_dataloader(make_cfg(new_root, 'DATALOADER.NUM_WORKERS', 2)).val_loader)
+        list(make_dataloader(make_cfg(new_root)).val_loader)
