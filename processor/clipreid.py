@@ -38,6 +38,8 @@ class PromptTrainer(Trainer):
 
     def batches(self, epoch):
         order = torch.randperm(len(self.labels), device=self.labels.device)
+        if du.is_dist():  # the seed differs per rank; every rank must see the same batches
+            torch.distributed.broadcast(order, 0)
         return list(order.split(self.solver.IMS_PER_BATCH))
 
     def to_device(self, batch):

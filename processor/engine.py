@@ -12,6 +12,7 @@ import zlib
 import torch
 from tqdm import tqdm
 
+from model.checkpoint import mismatch_report
 from utils import distributed as du
 from utils.checkpoint import atomic_save, rng_state, save_weights, set_rng_state, state_path, unwrap
 from utils.errors import ReIDError
@@ -25,6 +26,7 @@ from .inference import do_inference
 class Trainer:
     stage = 'train'          # names the state file and log lines
     weights_pattern = '{name}_{epoch}.pth'
+    loss_fn = None           # a loss module with its own state (center loss): saved with the rest
 
     def __init__(self, cfg, solver_cfg, model, optimizer, scheduler, runtime, data,
                  evaluator=None, center_optimizer=None):
@@ -86,12 +88,14 @@ class Trainer:
             do_inference(self.cfg, self.model, self.data.val_loader, self.evaluator, self.runtime)
         for epoch in range(start_epoch, max_epochs + 1):
             self.epoch = epoch
-            # Each epoch draws from generators seeded by (seed, stage, epoch, rank), so a run
-            # resumed at an epoch boundary repeats exactly what the uninterrupted run did.
-            seed_everything(self.cfg.SOLVER.SEED + 1000 * epoch + 100003 * self.runtime.rank
-                            + zlib.crc32(self.stage.encode()) % 1000)
             self.step_scheduler(epoch)
             self.prepare_epoch(epoch)
+            # Each epoch's training draws from generators seeded by (seed, stage, epoch, rank),
+            # so a run resumed at an epoch boundary repeats exactly what the uninterrupted run
+            # did. Seeded after prepare_epoch, whose work (and use of the generators, e.g. by
+            # a DataLoader) depends on what is cached already.
+            seed_everything(self.cfg.SOLVER.SEED + 1000 * epoch + 100003 * self.runtime.rank
+                            + zlib.crc32(self.stage.encode()) % 1000)
             self.train_epoch(epoch)
             self.end_epoch(epoch)
 
@@ -136,14 +140,19 @@ class Trainer:
         self.scaler.step(self.center_optimizer)
 
     def check_finite(self, loss, epoch, n_iter):
+        """Stop every rank when any rank's loss is nan or inf; nothing of it is saved."""
         finite = torch.isfinite(loss.detach()).to(torch.int32)
         if du.is_dist():
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
         if not finite.item():
-            last = self.last_state_file()
-            kept = f'the last good checkpoint is {last}' if last else 'no checkpoint was written yet'
-            raise ReIDError(f'{self.stage}: loss is {loss.item()} at epoch {epoch} iteration '
-                            f'{n_iter}; training stopped ({kept})')
+            value = f'not finite (here {loss.item()})' if du.is_dist() else loss.item()
+            raise ReIDError(f'{self.stage}: the loss is {value} at epoch {epoch}, iteration '
+                            f'{n_iter}; training stopped ({self.kept_message()}). A lower '
+                            'learning rate or SOLVER.AMP off may help')
+
+    def kept_message(self):
+        last = self.last_state_file()
+        return f'the last good checkpoint is {last}' if last else 'no checkpoint was written yet'
 
     def format_meters(self, meters):
         return ', '.join(f'{name} {meter.avg:.4f}' for name, meter in meters.items())
@@ -165,6 +174,11 @@ class Trainer:
         return path if os.path.exists(path) else None
 
     def save_checkpoint(self, epoch):
+        # A finite loss can still come with inf gradients; never save what they did.
+        bad = [n for n, p in self.net.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise ReIDError(f'{self.stage}: after epoch {epoch} the weights {", ".join(bad[:3])} '
+                            f'are not finite; not saved, training stopped ({self.kept_message()})')
         if not du.is_main_process():
             return
         name = self.cfg.MODEL.NAME.replace('/', '-')
@@ -174,6 +188,7 @@ class Trainer:
             'model': self.net.state_dict(), 'optimizer': self.optimizer.state_dict(),
             'scheduler': self.scheduler.state_dict(), 'scaler': self.scaler.state_dict(),
             'center_optimizer': self.center_optimizer and self.center_optimizer.state_dict(),
+            'loss': None if self.loss_fn is None else self.loss_fn.state_dict(),
             'epoch': epoch, 'iteration': self.iteration, 'stage': self.stage,
             'rng': rng_state(), 'extra': self.extra_state(),
         }
@@ -182,12 +197,20 @@ class Trainer:
 
     def load_state(self, state):
         """Continue after the epoch recorded in a training-state dict; returns the next epoch."""
+        if state.get('stage') != self.stage:
+            raise ReIDError(f'the training state to resume was written by {state.get("stage")!r} '
+                            f'training; this run trains {self.stage!r}')
+        report = mismatch_report(self.net.state_dict(), state['model'])
+        if report:
+            raise ReIDError(f'the training state to resume does not fit this model: {report}')
         self.net.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
         self.scaler.load_state_dict(state['scaler'])
         if self.center_optimizer is not None and state.get('center_optimizer'):
             self.center_optimizer.load_state_dict(state['center_optimizer'])
+        if self.loss_fn is not None and state.get('loss'):
+            self.loss_fn.load_state_dict(state['loss'])
         self.iteration = state['iteration']
         set_rng_state(state['rng'])
         self.load_extra_state(state.get('extra', {}))
