@@ -182,7 +182,8 @@ class Trainer:
         if not du.is_main_process():
             return
         name = self.cfg.MODEL.NAME.replace('/', '-')
-        weights = os.path.join(self.cfg.OUTPUT_DIR, self.weights_pattern.format(name=name, epoch=epoch))
+        weights = os.path.join(self.cfg.OUTPUT_DIR,
+                               self.weights_pattern.format(name=name, epoch=epoch))
         save_weights(self.model, weights)
         state = {
             'model': self.net.state_dict(), 'optimizer': self.optimizer.state_dict(),

@@ -1,8 +1,10 @@
 """Helpers of the tests that run the real entry scripts as subprocesses on tiny generated data.
 
-Data: the market1501 demo layout with 12 identities at 64x32 (6 train identities, 72 train
-images) and a tiny random ViT CLIP. Runs are short, on the CPU, without augmentation.
+Data: the market1501 demo layout with 12 identities at 64x32 (6 train identities with 24
+images each; 12 query images; 132 gallery images plus 4 distractors) and a tiny random ViT
+CLIP. Runs are short, on the CPU, without augmentation.
 """
+import fcntl
 import os
 import signal
 import subprocess
@@ -16,6 +18,9 @@ from datasets.demo_data import generate
 from model.tiny_clip import save_tiny_clip
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# One thread per process: tiny models gain nothing from more, and on a busy 2-core machine
+# threads waiting for each other make a run several times slower.
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
 NAME = 'tiny-ViT'  # MODEL.NAME: files are <NAME>_<epoch>.pth and <NAME>_<stage>_state.pth
 
 
@@ -23,7 +28,8 @@ NAME = 'tiny-ViT'  # MODEL.NAME: files are <NAME>_<epoch>.pth and <NAME>_<stage>
 def tiny_run(tmp_path_factory):
     """(data root, tiny CLIP weights path)."""
     root = tmp_path_factory.mktemp('tiny_run')
-    generate(str(root / 'data'), layouts=('market1501',), ids=12, size=(64, 32), seed=0)
+    generate(str(root / 'data'), layouts=('market1501',), ids=12, per_camera=6, size=(64, 32),
+             seed=0)
     return str(root / 'data'), str(save_tiny_clip(root / 'clip.pt', 'vit', 'state_dict'))
 
 
@@ -58,9 +64,12 @@ def command(script, args, nproc=0, log_dir=None):
 
 
 def run(script, args, nproc=0, log_dir=None, env=None, timeout=240):
-    """Run an entry script (under torchrun with nproc > 0); the CompletedProcess."""
-    return subprocess.run(command(script, args, nproc, log_dir), cwd=REPO, text=True,
-                          capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+    """Run an entry script (under torchrun with nproc > 0); the CompletedProcess with its
+    output decoded as written (text mode would turn the bars' carriage returns into lines)."""
+    proc = subprocess.run(command(script, args, nproc, log_dir), cwd=REPO, capture_output=True,
+                          timeout=timeout, env={**ENV, **(env or {})})
+    proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
+    return proc
 
 
 def run_ok(script, args, **kwargs):
@@ -71,17 +80,20 @@ def run_ok(script, args, **kwargs):
 
 def run_and_kill(script, args, marker, stderr_path, timeout=240):
     """Start a run and SIGKILL it as soon as a line containing `marker` reaches its stdout
-    (the logger flushes every line). Returns the lines it printed."""
-    with open(stderr_path, 'w') as err:
-        proc = subprocess.Popen(command(script, args), cwd=REPO, text=True,
+    (the logger flushes every line); returns the lines it printed. The pipe is shrunk to one
+    page and read without read-ahead, so the run blocks once it is 4 KB (about 30 log lines)
+    ahead of this reader: however late the kill, it lands within 30 lines of the marker."""
+    with open(stderr_path, 'wb') as err:
+        proc = subprocess.Popen(command(script, args), cwd=REPO, env=ENV, bufsize=0,
                                 stdout=subprocess.PIPE, stderr=err)
+        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)
         watchdog = threading.Timer(timeout, proc.kill)
         watchdog.start()
         lines = []
         try:
-            for line in proc.stdout:
-                lines.append(line)
-                if marker in line:
+            for line in iter(proc.stdout.readline, b''):
+                lines.append(line.decode())
+                if marker in lines[-1]:
                     os.kill(proc.pid, signal.SIGKILL)
                     break
         finally:

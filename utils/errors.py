@@ -18,11 +18,11 @@ def one_line(err):
     return ' '.join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _traceback_to_log():
-    """Append the current traceback to the run's log file; its path ('' before logging starts)."""
+def _to_log(text):
+    """Append text to the run's log file; its path ('' before logging starts or off rank 0)."""
     for handler in logging.getLogger('reid').handlers:
         if isinstance(handler, logging.FileHandler):
-            handler.stream.write(traceback.format_exc())
+            handler.stream.write(text)
             handler.flush()
             return handler.baseFilename
     return ''
@@ -31,20 +31,23 @@ def _traceback_to_log():
 def cli_main(main):
     """Run an entry point so that it ends with one line on stderr, never a traceback on screen:
     a ReIDError (bad input) exits with code 2; any other error exits with code 1 and its
-    traceback goes to the log file (or to stderr when no log file is open yet)."""
+    traceback goes to the log file (or to stderr when no log file is open). The log file
+    also records the error line."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
         except ReIDError as err:
-            print(f'error: {one_line(err)}', file=sys.stderr)
+            line = f'error: {one_line(err)}'
+            _to_log(line + '\n')
+            print(line, file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             print('error: interrupted', file=sys.stderr)
             sys.exit(130)
         except Exception as err:  # noqa: BLE001 - an unforeseen failure or a bug
-            log = _traceback_to_log()
+            log = _to_log(traceback.format_exc())
             if not log:
                 traceback.print_exc()
             where = f' (traceback in {log})' if log else ''
