@@ -7,7 +7,6 @@ from loss import make_loss
 from solver import make_optimizer, make_scheduler
 from utils import distributed as du
 from utils.checkpoint import unwrap
-from utils.errors import ReIDError
 from utils.metrics import make_evaluator
 
 from .baseline import BaselineTrainer
@@ -16,13 +15,11 @@ from .pcl import PCLTrainer
 
 
 def wrap_ddp(cfg, model, runtime):
-    """DistributedDataParallel when launched by torchrun (optionally with SyncBatchNorm)."""
+    """DistributedDataParallel when launched by torchrun, with SyncBatchNorm if asked (CUDA
+    only: setup_run refuses it on the CPU before anything runs)."""
     if not du.is_dist():
         return model
     if cfg.MODEL.SYNC_BN:
-        if runtime.device.type != 'cuda':
-            raise ReIDError('MODEL.SYNC_BN needs CUDA (PyTorch has no SyncBatchNorm on CPU); '
-                            'set MODEL.SYNC_BN False to keep per-rank BatchNorm')
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [runtime.device.index] if runtime.device.type == 'cuda' else None
     return DistributedDataParallel(model, device_ids=device_ids)

@@ -1,6 +1,8 @@
 """Bad input through the real entry scripts: one line `error: ...` on stderr (what a terminal
 shows once the progress bars are cleared), no traceback, exit code 2, and the files already
-in OUTPUT_DIR untouched (a failed run only appends its lines to the log file)."""
+in OUTPUT_DIR untouched (a failed run only appends its lines, the error included, to the log
+file). A bug also ends in one line (exit code 1), its traceback kept in the log file."""
+import logging
 import os
 import shutil
 
@@ -11,7 +13,7 @@ from _run_helpers import NAME, run, screen_lines, tiny_run, train_opts  # noqa: 
 from config import load_config
 from model import make_model
 from model.tiny_clip import save_tiny_clip
-from utils.errors import ReIDError, one_line
+from utils.errors import ReIDError, cli_main, one_line
 
 
 @pytest.fixture
@@ -149,3 +151,29 @@ def test_one_line_keeps_the_original_message_of_a_worker_error():
     assert one_line(wrapped) == 'cannot read image a.jpg: truncated'
     assert one_line(ReIDError('config file x is not valid YAML: line 1\n  column 2')) == \
         'config file x is not valid YAML: line 1 column 2'
+
+
+def test_output_dir_that_is_a_file(tmp_path, tiny_run, out):
+    taken = out / 'notes.txt'
+    taken.write_text('mine')
+    _assert_one_error('train_pcl.py', train_opts(tiny_run, taken), out,
+                      f'OUTPUT_DIR {taken} is a file, not a folder')
+
+
+def test_a_bug_is_one_line_with_its_traceback_in_the_log(tmp_path, capsys):
+    log = tmp_path / 'train_log.txt'
+    handler = logging.FileHandler(log)
+    logging.getLogger('reid').addHandler(handler)
+
+    def main():
+        raise RuntimeError('shapes differ\n  at layer 3')
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli_main(main)()
+    finally:
+        logging.getLogger('reid').removeHandler(handler)
+        handler.close()
+    line = f'error: RuntimeError: shapes differ at layer 3 (traceback in {log})\n'
+    assert stop.value.code == 1 and capsys.readouterr().err == line
+    text = log.read_text()
+    assert text.startswith('Traceback (most recent call last):') and text.endswith(line)

@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from _run_helpers import max_difference, run_ok, state, tiny_run, train_opts, weights  # noqa: F401
-from processor.recipes import wrap_ddp
+from config import load_config
 from utils import distributed as du
 from utils.errors import ReIDError
+from utils.runtime import setup_run
 
 EXACT = ('MODEL.NECK', 'no', 'MODEL.TRIPLET_LOSS_WEIGHT', 0, 'TEST.DIST_MAT', 'dist.npy')
 
@@ -82,10 +83,11 @@ def test_baseline_two_processes_equal_one(tmp_path, tiny_run):
     _assert_same_run(single, ddp, 2)
 
 
-def test_sync_bn_is_refused_on_the_cpu(monkeypatch):
-    from config import load_config
-    monkeypatch.setattr(du, 'is_dist', lambda: True)
-    cfg = load_config('', ['MODEL.SYNC_BN', 'True'])
-    runtime = type('Runtime', (), {'device': torch.device('cpu')})
+def test_sync_bn_is_refused_on_the_cpu_before_anything_runs(monkeypatch, tmp_path):
+    monkeypatch.setattr(du, 'launched_by_torchrun', lambda: True)
+    monkeypatch.setattr(du, 'init_distributed', lambda device: pytest.fail('joined a group'))
+    cfg = load_config('', ['MODEL.SYNC_BN', 'True', 'MODEL.DEVICE', 'cpu',
+                           'OUTPUT_DIR', str(tmp_path / 'out')])
     with pytest.raises(ReIDError, match='MODEL.SYNC_BN needs CUDA'):
-        wrap_ddp(cfg, torch.nn.BatchNorm1d(3), runtime)
+        setup_run(cfg, 'train_log.txt')
+    assert not (tmp_path / 'out').exists()

@@ -1,4 +1,5 @@
 """Thin helpers over torch.distributed; every function also works in a single process."""
+import atexit
 import os
 
 import torch
@@ -32,6 +33,7 @@ def init_distributed(device_type):
     if device_type == 'cuda':
         torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
     dist.init_process_group(backend='nccl' if device_type == 'cuda' else 'gloo')
+    atexit.register(dist.destroy_process_group)  # NCCL warns when a group is never destroyed
 
 
 def all_gather_tensor(tensor):

@@ -28,30 +28,31 @@ def _to_log(text):
     return ''
 
 
+def _fail(line, code):
+    _to_log(line + '\n')
+    print(line, file=sys.stderr)
+    sys.exit(code)
+
+
 def cli_main(main):
-    """Run an entry point so that it ends with one line on stderr, never a traceback on screen:
-    a ReIDError (bad input) exits with code 2; any other error exits with code 1 and its
-    traceback goes to the log file (or to stderr when no log file is open). The log file
-    also records the error line."""
+    """Run an entry point so that it ends with one line on stderr, never a traceback on screen.
+    Bad input (ReIDError) and files the system refuses (OSError) exit with code 2; any other
+    error is a bug: exit code 1, its traceback in the log file (on stderr when no log file is
+    open yet). The log file also records the error line."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except ReIDError as err:
-            line = f'error: {one_line(err)}'
-            _to_log(line + '\n')
-            print(line, file=sys.stderr)
-            sys.exit(2)
+        except (ReIDError, OSError) as err:
+            _fail(f'error: {one_line(err)}', 2)
         except KeyboardInterrupt:
-            print('error: interrupted', file=sys.stderr)
-            sys.exit(130)
-        except Exception as err:  # noqa: BLE001 - an unforeseen failure or a bug
+            _fail('error: interrupted', 130)
+        except Exception as err:  # noqa: BLE001 - a bug: keep its traceback for the report
             log = _to_log(traceback.format_exc())
             if not log:
                 traceback.print_exc()
             where = f' (traceback in {log})' if log else ''
-            print(f'error: {type(err).__name__}: {one_line(err)}{where}', file=sys.stderr)
-            sys.exit(1)
+            _fail(f'error: {type(err).__name__}: {one_line(err)}{where}', 1)
 
     return wrapper

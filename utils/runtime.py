@@ -62,6 +62,11 @@ def setup_run(cfg, log_name):
         raise ReIDError('MODEL.DIST_TRAIN is True but this process was not started by torchrun; '
                         'run: torchrun --nproc_per_node N <script> ...')
     use_cuda = cfg.MODEL.DEVICE == 'cuda' and torch.cuda.is_available()
+    if cfg.MODEL.SYNC_BN and du.launched_by_torchrun() and not use_cuda:
+        raise ReIDError('MODEL.SYNC_BN needs CUDA (PyTorch has no SyncBatchNorm on CPU); '
+                        'set MODEL.SYNC_BN False to keep per-rank BatchNorm')
+    if os.path.exists(cfg.OUTPUT_DIR) and not os.path.isdir(cfg.OUTPUT_DIR):
+        raise ReIDError(f'OUTPUT_DIR {cfg.OUTPUT_DIR} is a file, not a folder')
     du.init_distributed('cuda' if use_cuda else 'cpu')
     device = torch.device('cuda', torch.cuda.current_device()) if use_cuda else torch.device('cpu')
     rank, world = du.get_rank(), du.get_world_size()
@@ -74,6 +79,7 @@ def setup_run(cfg, log_name):
     elif use_cuda:
         torch.backends.cudnn.benchmark = True
     seed_everything(cfg.SOLVER.SEED)
-    logger.info('Running on %s (%d process%s)\n%s', device, world, 'es' if world > 1 else '', cfg.dump())
+    logger.info('Running on %s (%d process%s)\n%s', device, world, 'es' if world > 1 else '',
+                cfg.dump())
     logging.captureWarnings(True)
     return Runtime(device, rank, world, _amp_dtype(cfg, device))
