@@ -15,6 +15,7 @@ import torch
 from open_clip.pretrained import get_pretrained_url, list_pretrained_tags_by_model
 from tqdm import tqdm
 
+from utils.distributed import is_main_process
 from utils.errors import ReIDError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,8 @@ def download(url, target):
     try:
         with urllib.request.urlopen(url, timeout=60) as source, open(partial, 'wb') as out:
             total = int(source.headers.get('Content-Length') or 0) or None
-            with tqdm(total=total, unit='B', unit_scale=True, desc=os.path.basename(target)) as bar:
+            with tqdm(total=total, unit='B', unit_scale=True, desc=os.path.basename(target),
+                      disable=not is_main_process()) as bar:
                 while chunk := source.read(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)
