@@ -132,11 +132,10 @@ class Trainer:
                          elapsed, seen / max(elapsed, 1e-9), self.format_meters(meters))
 
     def step_center_optimizer(self):
-        # The center loss is scaled by its weight; undo that for the centers' own SGD step.
-        weight = self.solver.CENTER_LOSS_WEIGHT
-        for param in self.center_optimizer.param_groups[0]['params']:
-            if param.grad is not None:
-                param.grad.data *= 1.0 / weight
+        """The centers live outside the DDP model: average their gradients over the ranks
+        here. As upstream, the loss weight is undone so that they move at CENTER_LR."""
+        self.loss_fn.unweight_center_grads()
+        du.average_gradients(self.loss_fn.center.parameters())
         self.scaler.step(self.center_optimizer)
 
     def check_finite(self, loss, epoch, n_iter):

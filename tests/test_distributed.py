@@ -2,8 +2,9 @@
 
 With one global batch split in two equal shards the losses compared here decompose: the
 identity, PCL and image-to-text cross-entropies are per-sample means (DDP averages the two
-shard means' gradients), the PCL memory is updated by every rank from the all-gathered batch,
-and CLIP-ReID stage 1 computes the whole global batch on every rank. Nothing else may differ:
+shard means' gradients; the center loss too, its centers' gradients averaged by the trainer),
+the PCL memory is updated by every rank from the all-gathered batch, and CLIP-ReID stage 1
+computes the whole global batch on every rank. Nothing else may differ:
 no augmentation, MODEL.NECK 'no' (no BatchNorm, whose statistics would be per rank), no
 triplet loss (batch-hard mining within a shard is not mining within the batch), and SGD
 (Adam turns float noise on zero-gradient weights, e.g. attention key biases, into full steps).
@@ -77,10 +78,14 @@ def test_clipreid_two_processes_equal_one(tmp_path, tiny_run):
     assert torch.allclose(prompts[0], prompts[1], atol=1e-6)
 
 
-def test_baseline_two_processes_equal_one(tmp_path, tiny_run):
+def test_baseline_with_center_loss_two_processes_equal_one(tmp_path, tiny_run):
+    """The centers are outside the DDP model: their gradients are averaged by the trainer."""
     single, ddp = _single_and_ddp(tmp_path, tiny_run, 'train.py', 'SOLVER.OPTIMIZER_NAME', 'SGD',
-                                  'SOLVER.BASE_LR', 0.05, 'SOLVER.EVAL_PERIOD', 2)
+                                  'SOLVER.BASE_LR', 0.05, 'SOLVER.EVAL_PERIOD', 2,
+                                  'MODEL.IF_WITH_CENTER', 'yes')
     _assert_same_run(single, ddp, 2)
+    centers = [state(out, 'baseline')['loss']['center.centers'] for out in (single, ddp)]
+    assert torch.allclose(centers[0], centers[1], atol=1e-5)
 
 
 def test_sync_bn_is_refused_on_the_cpu_before_anything_runs(monkeypatch, tmp_path):

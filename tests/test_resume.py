@@ -42,27 +42,37 @@ def test_pcl_resumes_mid_epoch_kill(tmp_path, tiny_run):
 
 
 def test_clipreid_resumes_in_stage1_and_in_stage2(tmp_path, tiny_run):
-    """Killed in stage 1: its state resumes stage 1, then stage 2 runs. Killed again in stage
-    2: the stage-2 state skips stage 1."""
-    def opts(out):  # epochs of 72 (stage 1) and 36 (stage 2) iterations: the kills land inside
+    """Killed three times, resumed each time: in stage 1 (its state resumes stage 1, then
+    stage 2 runs), at the start of stage 2 (the final stage-1 state: stage 2 starts afresh,
+    its center loss drawn from the restored generators) and in stage 2 (the stage-2 state,
+    center loss included, skips stage 1)."""
+    def opts(out):  # epochs of 72 (stage 1) and ~36 (stage 2) iterations: the kills land inside
         return train_opts(tiny_run, out, 'SOLVER.STAGE1.IMS_PER_BATCH', 2,
-                          'SOLVER.STAGE2.IMS_PER_BATCH', 4)
+                          'SOLVER.STAGE2.IMS_PER_BATCH', 4, 'MODEL.IF_WITH_CENTER', 'yes')
+
+    def kill_at(marker, resume):
+        args = ['--resume', *opts(part)] if resume else opts(part)
+        return ''.join(run_and_kill('train_clipreid.py', args, marker, tmp_path / 'err'))
 
     full, part = tmp_path / 'full', tmp_path / 'part'
     run_ok('train_clipreid.py', opts(full))
-
-    run_and_kill('train_clipreid.py', opts(part), 'stage1 epoch[2] iteration[1] ', tmp_path / 'e1')
+    kill_at('stage1 epoch[2] iteration[1] ', resume=False)
     assert state(part, 'stage1')['epoch'] == 1 and not os.path.exists(part / f'{NAME}_1.pth')
-    lines = run_and_kill('train_clipreid.py', ['--resume', *opts(part)],
-                         'stage2 epoch[2] iteration[1] ', tmp_path / 'e2')
-    assert any('resumed stage1 after epoch 1' in line for line in lines)
-    assert not any('stage1 epoch[1]' in line for line in lines)
+
+    out = kill_at('stage2 epoch[1] iteration[1] ', resume=True)
+    assert 'resumed stage1 after epoch 1' in out and 'stage1 epoch[1]' not in out
+    assert state(part, 'stage1')['epoch'] == 2 and not os.path.exists(part / f'{NAME}_1.pth')
+
+    out = kill_at('stage2 epoch[2] iteration[1] ', resume=True)
+    assert 'resumed stage1 after epoch 2' in out and 'stage1 epoch[' not in out
     assert state(part, 'stage2')['epoch'] == 1 and not os.path.exists(part / f'{NAME}_2.pth')
 
     out = _resume('train_clipreid.py', opts(part))
     assert 'resumed stage2 after epoch 1' in out and 'stage1 epoch' not in out
     _assert_equal_weights(weights(part, 2), weights(full, 2))
-    assert state(part, 'stage2')['iteration'] == state(full, 'stage2')['iteration']
+    resumed, reference = state(part, 'stage2'), state(full, 'stage2')
+    assert resumed['iteration'] == reference['iteration']
+    assert resumed['loss']['center.centers'].equal(reference['loss']['center.centers'])
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_run):

@@ -52,6 +52,15 @@ def all_gather_tensor(tensor):
     return torch.cat([g[:int(s.item())] for g, s in zip(gathered, sizes)])
 
 
+def average_gradients(params):
+    """Average the gradients of parameters that DDP does not manage over all ranks."""
+    if not is_dist():
+        return
+    for param in params:
+        dist.all_reduce(param.grad)
+        param.grad /= get_world_size()
+
+
 def all_gather_object(obj):
     """A list with every rank's object, in rank order."""
     if not is_dist():
