@@ -1,6 +1,5 @@
 """Re-ID adaptations of the CLIP towers and the three models' outputs, on tiny random CLIPs."""
 import math
-import time
 
 import open_clip
 import pytest
@@ -177,13 +176,3 @@ def test_unknown_method_and_options_are_refused(tiny_clip_files):
         with pytest.raises(ReIDError, match=match):
             make_model(make_cfg(path, *opts), 5, 3, 2)
 
-
-def test_tiny_model_trains_fast_on_cpu(tiny_clip_files):
-    model = build(tiny_clip_files['vit', 'torchscript'], 'clipreid', 16)
-    x, labels = images(64), torch.arange(64) % 16
-    for _ in range(2):  # the first pass warms up the kernels
-        start = time.perf_counter()
-        out = model(x, labels)
-        sum(t.sum() for t in out['logits'] + out['feats']).backward()
-        elapsed = time.perf_counter() - start
-    assert elapsed < 2.0
