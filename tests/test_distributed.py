@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from _run_helpers import max_difference, run_ok, state, tiny_run, train_opts, weights  # noqa: F401
+from _run_helpers import (NAME, max_difference, run_ok, state, tiny_run,  # noqa: F401
+                          train_opts, weights)
 from config import load_config
 from utils import distributed as du
 from utils.errors import ReIDError
@@ -73,7 +74,7 @@ def test_clipreid_two_processes_equal_one(tmp_path, tiny_run):
                                   'SOLVER.STAGE2.OPTIMIZER_NAME', 'SGD', 'SOLVER.STAGE2.BASE_LR',
                                   0.01, 'SOLVER.STAGE2.EVAL_PERIOD', 2)
     _assert_same_run(single, ddp, 2)
-    prompts = [torch.load(os.path.join(out, 'tiny-ViT_stage1_2.pth'), weights_only=True)
+    prompts = [torch.load(os.path.join(out, f'{NAME}_stage1_2.pth'), weights_only=True)
                ['prompt_learner.cls_ctx'] for out in (single, ddp)]
     assert torch.allclose(prompts[0], prompts[1], atol=1e-6)
 
