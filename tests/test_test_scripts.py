@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from config import load_config
-from _e2e_helpers import build, config_path, demo_root, logged_results, run_script, small_opts, tiny_clip
+from _e2e_helpers import (build, config_path, demo_root, logged_results, run_script, small_opts,
+                          tiny_clip)
 from processor import cli
 from utils.checkpoint import save_weights
 from utils.errors import ReIDError
