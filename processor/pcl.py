@@ -2,8 +2,9 @@
 import torch
 import torch.nn.functional as F
 
-from loss import ClusterMemory, CrossEntropyLabelSmooth, compute_centroids
+from loss import ClusterMemory, compute_centroids, make_loss
 from utils import distributed as du
+from utils.errors import ReIDError
 
 from .engine import EpochBatches, Trainer
 from .inference import extract_features
@@ -15,7 +16,11 @@ class PCLTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         cfg = self.cfg
-        self.id_loss = CrossEntropyLabelSmooth(self.data.num_classes)
+        if cfg.MODEL.IF_WITH_CENTER == 'yes':  # no center optimizer is built for PCL
+            raise ReIDError("MODEL.IF_WITH_CENTER 'yes' is not supported by PCL-CLIP training; "
+                            "set it to 'no'")
+        # The ID term as make_loss builds it: label smoothing follows MODEL.IF_LABELSMOOTH.
+        self.id_loss = make_loss(cfg, self.data.num_classes).id_loss
         self.memory = None
         self.memory_args = dict(temp=cfg.MODEL.PCL_TEMPERATURE, momentum=cfg.MODEL.MEMORY_MOMENTUM,
                                 mode=cfg.MODEL.MEMORY_UPDATE)

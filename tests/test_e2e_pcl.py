@@ -5,9 +5,11 @@ import math
 import pytest
 import torch
 
-from _e2e_helpers import (demo_root, epoch_losses, logged_iterations, logged_results,
-                          run_script, small_opts, tiny_clip)
+from _e2e_helpers import (build, demo_root, epoch_losses, load_cfg, logged_iterations,
+                          logged_results, run_script, small_opts, tiny_clip)
 from model.tiny_clip import TINY_ARCHS
+from processor.pcl import PCLTrainer
+from utils.errors import ReIDError
 
 EPOCHS, ITERS, BATCH = 12, 20, 32
 # 30 train identities x 12 images = 360 images: a pass of the PK loader is at most 11
@@ -74,3 +76,28 @@ def test_pcl_trains_a_resnet_clip(tmp_path_factory):
     rn = TINY_ARCHS['rn']  # 30 identities; the classifier reads cat(feature, projection)
     assert weights['classifier.weight'].shape == (30, rn.feature_dim + rn.embed_dim)
     assert after != before
+
+
+def pcl_trainer(tmp_path_factory, *opts):
+    root, clip = demo_root(tmp_path_factory), tiny_clip(tmp_path_factory, 'vit')
+    cfg = load_cfg('pcl/market1501.yml', root, clip, tmp_path_factory.mktemp('pcl_loss'), *opts)
+    runtime, data, model = build(cfg)
+    return PCLTrainer(cfg, cfg.SOLVER, model, None, None, runtime, data)
+
+
+@pytest.mark.parametrize('smooth', ['on', 'off'])
+def test_pcl_id_loss_follows_if_labelsmooth(tmp_path_factory, smooth):
+    trainer = pcl_trainer(tmp_path_factory, 'MODEL.IF_LABELSMOOTH', smooth)
+    k = trainer.data.num_classes
+    assert k == 30
+    logits = torch.zeros(1, k)
+    logits[0, 0] = math.log(k - 1)  # p(class 0) = 1/2, every other class 1/58
+    loss = trainer.id_loss(logits, torch.tensor([0])).item()
+    expected = ((0.9 + 0.1 / k) * math.log(2) + (k - 1) * 0.1 / k * math.log(58)
+                if smooth == 'on' else math.log(2))
+    assert loss == pytest.approx(expected, rel=1e-6)
+
+
+def test_pcl_refuses_center_loss(tmp_path_factory):
+    with pytest.raises(ReIDError, match="MODEL.IF_WITH_CENTER 'yes'"):
+        pcl_trainer(tmp_path_factory, 'MODEL.IF_WITH_CENTER', 'yes')
