@@ -16,7 +16,8 @@ EPOCHS, ITERS, BATCH = 12, 20, 32
 # batches of 32, so ITERS = 20 needs a second pass in every epoch.
 TRAIN_IMAGES = 360
 # Measured over data/training seeds 0-3 (0 is this test's): untrained mAP 0.036-0.142,
-# trained 0.32-0.54, gains 0.29-0.41, at least 3.5 times the untrained mAP.
+# trained 0.32-0.54, gains 0.29-0.41, at least 3.5 times the untrained mAP; the last
+# epoch's mean loss was 0.33-0.37 of the first's.
 MARGIN = 0.2
 
 
@@ -47,7 +48,7 @@ def test_pcl_raises_map_well_above_untrained(vit):
     assert list(before) == list(after) == ['mAP', 'Rank-1', 'Rank-5', 'Rank-10']
     assert after['mAP'] >= before['mAP'] + MARGIN and after['mAP'] >= 2 * before['mAP']
     losses = epoch_losses(log, 'pcl')
-    assert len(losses) == EPOCHS and losses[-1] < losses[0]
+    assert len(losses) == EPOCHS and losses[-1] < 0.6 * losses[0]
 
 
 def test_solver_iters_batches_make_one_epoch(vit):
