@@ -15,8 +15,8 @@ from .transforms import build_transforms
 
 @dataclass
 class DataBundle:
-    train_loader: DataLoader       # PK / shuffled batches (train transform); sampler.set_epoch
-    train_eval_loader: DataLoader  # dataset.train in order, test transform, every rank all of it
+    train_loader: DataLoader | None       # PK / shuffled batches (train transform); None when
+    train_eval_loader: DataLoader | None  # evaluating only. dataset.train in order, test transform
     val_loader: DataLoader         # query then gallery, test transform, contiguous DDP shards
     num_query: int
     num_classes: int
@@ -58,18 +58,22 @@ def make_train_sampler(cfg, records, rank=0, world_size=1):
                     f'got {kind!r}')
 
 
-def make_dataloader(cfg):
+def make_dataloader(cfg, training=True):
+    """The loaders of a run; `training=False` (evaluation only) builds no train loaders."""
     rank, world = get_rank(), get_world_size()
     dataset = init_dataset(cfg.DATASETS.NAMES, root=cfg.DATASETS.ROOT_DIR, **dataset_kwargs(cfg))
     common = dict(num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=collate,
                   pin_memory=torch.cuda.is_available())
-    sampler = make_train_sampler(cfg, dataset.train, rank, world)
-    train_loader = DataLoader(ImageDataset(dataset.train, build_transforms(cfg, is_train=True)),
-                              batch_size=sampler.per_rank, sampler=sampler, drop_last=True,
-                              generator=sampler.generator, **common)
     test_transform = build_transforms(cfg, is_train=False)
-    train_eval_loader = DataLoader(ImageDataset(dataset.train, test_transform),
-                                   batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **common)
+    train_loader = train_eval_loader = None
+    if training:
+        sampler = make_train_sampler(cfg, dataset.train, rank, world)
+        train_loader = DataLoader(
+            ImageDataset(dataset.train, build_transforms(cfg, is_train=True)),
+            batch_size=sampler.per_rank, sampler=sampler, drop_last=True,
+            generator=sampler.generator, **common)
+        train_eval_loader = DataLoader(ImageDataset(dataset.train, test_transform),
+                                       batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **common)
     records = dataset.query + dataset.gallery
     shard = records[len(records) * rank // world:len(records) * (rank + 1) // world]
     val_loader = DataLoader(ImageDataset(shard, test_transform, with_path=True),

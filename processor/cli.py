@@ -13,8 +13,8 @@ from .recipes import train_baseline, train_clipreid, train_pcl
 TRAINERS = {'clipreid': train_clipreid, 'pcl': train_pcl, 'baseline': train_baseline}
 
 
-def _build(cfg, runtime):
-    data = make_dataloader(cfg)
+def _build(cfg, runtime, training=True):
+    data = make_dataloader(cfg, training)
     model = make_model(cfg, data.num_classes, data.camera_num, data.view_num,
                        object_word=data.dataset.object_word)
     return data, model.to(runtime.device)
@@ -46,7 +46,7 @@ def test_main(description, rerank=False):
         cfg.TEST.RE_RANKING = True
         cfg.freeze()
     runtime = setup_run(cfg, 'test_rerank_log.txt' if rerank else 'test_log.txt')
-    data, model = _build(cfg, runtime)
+    data, model = _build(cfg, runtime, training=False)
     model.load_param(cfg.TEST.WEIGHT)
     evaluator = make_evaluator(cfg, data.num_query, data.dataset.protocol)
     return do_inference(cfg, model, data.val_loader, evaluator, runtime)

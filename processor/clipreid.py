@@ -6,7 +6,7 @@ encoder with ID, triplet and image-to-text losses.
 """
 import torch
 
-from loss import SupConLoss
+from loss import SupConLoss, image_to_text_logits
 from utils import distributed as du
 
 from .baseline import BaselineTrainer
@@ -68,29 +68,19 @@ class ImageTrainer(BaselineTrainer):
         self.text_feats = None
 
     def prepare_epoch(self, epoch):
-        if self.text_feats is None:
-            self.text_feats = text_features(self.net, self.data.num_classes,
-                                            self.cfg.SOLVER.STAGE1.IMS_PER_BATCH, self.runtime)
+        if self.text_feats is None:  # one text feature per identity, from the learned prompts
+            with self.autocast():
+                feats = self.net.all_text_features(self.cfg.SOLVER.STAGE1.IMS_PER_BATCH).float()
+            if du.is_dist():
+                torch.distributed.broadcast(feats, 0)
+            self.text_feats = feats
 
     def train_step(self, batch):
         images, target, camids, viewids = batch
         cam, view = self.sie_labels(camids, viewids)
         out = self.model(images, label=target, cam_label=cam, view_label=view)
-        i2t_logits = out['image_proj'] @ self.text_feats.t()
+        i2t_logits = image_to_text_logits(out['image_proj'], self.text_feats)
         loss, parts = self.loss_fn(out, target, i2t_logits=i2t_logits)
         acc = (i2t_logits.argmax(1) == target).float().mean().item()
         return loss, {**{k: float(v) for k, v in parts.items()}, 'acc': acc}
 
-
-@torch.no_grad()
-def text_features(net, num_classes, batch_size, runtime):
-    """One text feature per identity, from the learned prompts."""
-    amp = runtime.amp_dtype
-    feats = []
-    for labels in torch.arange(num_classes, device=runtime.device).split(batch_size):
-        with torch.autocast(runtime.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            feats.append(net.encode_text(labels).float())
-    feats = torch.cat(feats)
-    if du.is_dist():
-        torch.distributed.broadcast(feats, 0)
-    return feats

@@ -26,7 +26,9 @@ def setup_logger(output_dir='', log_name='train_log.txt', rank=0):
         file_handler.setFormatter(fmt)
         logger.addHandler(file_handler)
     # Warnings from other modules (e.g. config loading) end up in the same places.
-    logging.getLogger().handlers = logger.handlers
+    root = logging.getLogger()
+    root.handlers = logger.handlers
+    root.setLevel(logging.INFO)
     return logger
 
 
