@@ -60,10 +60,8 @@ class Trainer:
         """Work after the optimizer step (e.g. memory update)."""
 
     def extra_state(self):
+        """Method state saved for inspection; what resuming needs is rebuilt in prepare_epoch."""
         return {}
-
-    def load_extra_state(self, state):
-        pass
 
     def step_scheduler(self, epoch):
         self.scheduler.step(epoch)
@@ -213,7 +211,6 @@ class Trainer:
             self.loss_fn.load_state_dict(state['loss'])
         self.iteration = state['iteration']
         set_rng_state(state['rng'])
-        self.load_extra_state(state.get('extra', {}))
         self.logger.info('resumed %s after epoch %d', self.stage, state['epoch'])
         return state['epoch'] + 1
 
