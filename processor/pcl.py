@@ -19,6 +19,9 @@ class PCLTrainer(Trainer):
         if cfg.MODEL.IF_WITH_CENTER == 'yes':  # no center optimizer is built for PCL
             raise ReIDError("MODEL.IF_WITH_CENTER 'yes' is not supported by PCL-CLIP training; "
                             "set it to 'no'")
+        if cfg.MODEL.MEMORY_UPDATE not in ('hard', 'mean'):
+            raise ReIDError(f"MODEL.MEMORY_UPDATE must be 'hard' or 'mean', "
+                            f"not {cfg.MODEL.MEMORY_UPDATE!r}")
         # The ID term as make_loss builds it: label smoothing follows MODEL.IF_LABELSMOOTH.
         self.id_loss = make_loss(cfg, self.data.num_classes).id_loss
         self.memory = None

@@ -1,12 +1,14 @@
 """PCL-CLIP end to end: train_pcl.py with configs/pcl/market1501.yml on generated data and a
 tiny random CLIP (ViT and ResNet); TEST.EVAL_BEFORE_TRAIN gives the untrained numbers."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from _e2e_helpers import (build, demo_root, epoch_losses, load_cfg, logged_iterations,
                           logged_results, run_script, small_opts, tiny_clip)
+from config import load_config
 from model.tiny_clip import TINY_ARCHS
 from processor.pcl import PCLTrainer
 from utils.errors import ReIDError
@@ -102,3 +104,12 @@ def test_pcl_id_loss_follows_if_labelsmooth(tmp_path_factory, smooth):
 def test_pcl_refuses_center_loss(tmp_path_factory):
     with pytest.raises(ReIDError, match="MODEL.IF_WITH_CENTER 'yes'"):
         pcl_trainer(tmp_path_factory, 'MODEL.IF_WITH_CENTER', 'yes')
+
+
+def test_unknown_memory_update_is_refused_before_training(tmp_path):
+    cfg = load_config('', ['MODEL.METHOD', 'pcl', 'MODEL.MEMORY_UPDATE', 'median',
+                           'OUTPUT_DIR', str(tmp_path)])
+    runtime = SimpleNamespace(device=torch.device('cpu'), amp_dtype=None, rank=0, world_size=1)
+    data = SimpleNamespace(num_classes=3)
+    with pytest.raises(ReIDError, match="MODEL.MEMORY_UPDATE must be 'hard' or 'mean', not 'median'"):
+        PCLTrainer(cfg, cfg.SOLVER, None, None, None, runtime, data)
