@@ -1,7 +1,7 @@
 """The bodies of the entry scripts: parse, configure, build, run."""
 from config import parse_args
 from datasets import make_dataloader
-from model import make_model
+from model import infer_method, make_model
 from utils.checkpoint import find_resume_file, load_training_state
 from utils.errors import ReIDError
 from utils.metrics import make_evaluator
@@ -37,7 +37,6 @@ def test_main(description, rerank=False):
         raise ReIDError('TEST.WEIGHT is empty: give the checkpoint to evaluate, '
                         'e.g. TEST.WEIGHT output/ViT-B-16_60.pth')
     if not cfg.MODEL.METHOD:
-        from model import infer_method
         cfg.defrost()
         cfg.MODEL.METHOD = infer_method(cfg.TEST.WEIGHT)
         cfg.freeze()

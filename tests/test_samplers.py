@@ -184,3 +184,14 @@ def test_workers_and_skipped_images_through_the_loader(demo, tmp_path):
     # torch's loader shutdown waits 5 s per worker
     with pytest.raises(ReIDError, match='cannot read image .*' + query[0]):
         list(make_dataloader(make_cfg(new_root)).val_loader)
+
+
+def test_evaluation_only_loaders_need_no_valid_training_batch(demo):
+    root, _ = demo
+    cfg = make_cfg(root, 'SOLVER.IMS_PER_BATCH', 7)  # not a multiple of K: no PK batch exists
+    with pytest.raises(ReIDError, match='multiple'):
+        make_dataloader(cfg)
+    data = make_dataloader(cfg, training=False)
+    assert data.train_loader is None and data.train_eval_loader is None
+    assert len(data.val_loader.dataset) == len(data.dataset.query) + len(data.dataset.gallery)
+    assert data.num_classes == data.dataset.num_train_pids

@@ -69,11 +69,3 @@ def all_gather_object(obj):
     dist.all_gather_object(out, obj)
     return out
 
-
-def broadcast_object(obj, src=0):
-    """Rank src's object on every rank."""
-    if not is_dist():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
