@@ -48,14 +48,17 @@ def dataset_kwargs(cfg):
 
 
 def make_train_sampler(cfg, records, rank=0, world_size=1):
+    """PK identity batches for DATALOADER.SAMPLER 'softmax_triplet' / 'triplet', and always for
+    PCL (upstream PCL-CLIP hard-wires its RandomIdentitySampler); shuffled batches for
+    'softmax'."""
     kind, batch = cfg.DATALOADER.SAMPLER, train_batch_size(cfg)
-    if 'triplet' in kind:
-        return PKSampler(records, batch, cfg.DATALOADER.NUM_INSTANCE, cfg.SOLVER.SEED,
-                         rank, world_size)
-    if kind == 'softmax':
+    if kind not in ('softmax', 'softmax_triplet', 'triplet'):
+        raise ReIDError(f"DATALOADER.SAMPLER must be 'softmax', 'softmax_triplet' or 'triplet', "
+                        f'got {kind!r}')
+    if kind == 'softmax' and cfg.MODEL.METHOD != 'pcl':
         return ShuffleSampler(len(records), batch, cfg.SOLVER.SEED, rank, world_size)
-    raise ReIDError(f"DATALOADER.SAMPLER must be 'softmax', 'softmax_triplet' or 'triplet', "
-                    f'got {kind!r}')
+    return PKSampler(records, batch, cfg.DATALOADER.NUM_INSTANCE, cfg.SOLVER.SEED,
+                     rank, world_size)
 
 
 def make_dataloader(cfg, training=True):

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from _data_fixtures import copy_layout, demo, make_cfg  # noqa: F401 (fixture)
+from config import load_config
 from datasets import DataBundle, PKSampler, ShuffleSampler, make_dataloader
 from datasets.samplers import GlobalBatchSampler
 from utils.errors import ReIDError
@@ -154,6 +155,40 @@ def test_batch_size_follows_the_method_and_sampler(demo):
     assert isinstance(data.train_loader.sampler, ShuffleSampler) and len(data.train_loader) == 3
     with pytest.raises(ReIDError, match="DATALOADER.SAMPLER must be"):
         make_dataloader(make_cfg(root, 'DATALOADER.SAMPLER', 'random'))
+
+
+def _is_pk(batches, k):
+    """Every batch is whole groups of k consecutive images of one identity, no identity twice."""
+    for pids in batches:
+        groups = [pids[i:i + k] for i in range(0, len(pids), k)]
+        assert all(len(set(g)) == 1 for g in groups), pids
+        assert len({g[0] for g in groups}) == len(groups), pids
+    return True
+
+
+@pytest.mark.parametrize('sampler', ['softmax', 'softmax_triplet'])
+def test_pcl_always_trains_on_pk_batches(demo, sampler):
+    root, _ = demo
+    data = make_dataloader(make_cfg(root, 'MODEL.METHOD', 'pcl', 'DATALOADER.SAMPLER', sampler,
+                                    'SOLVER.IMS_PER_BATCH', 6))
+    assert isinstance(data.train_loader.sampler, PKSampler)
+    assert _is_pk([b[1].tolist() for b in data.train_loader], 2)
+
+
+def test_upstream_pcl_yaml_samples_pk_batches(demo):
+    """Upstream's pcl-vit.yml sets no sampler (the tree default is 'softmax'), yet upstream
+    PCL-CLIP trains on RandomIdentitySampler batches: so does make_dataloader."""
+    root, _ = demo
+    fixture = os.path.join(os.path.dirname(__file__), 'fixtures', 'upstream_yaml',
+                           'pcl_pcl-vit.yml')
+    cfg = load_config(fixture, ['MODEL.METHOD', 'pcl', 'DATASETS.ROOT_DIR', root,
+                                'DATALOADER.NUM_WORKERS', '0', 'INPUT.SIZE_TRAIN', '[64, 32]',
+                                'INPUT.SIZE_TEST', '[64, 32]', 'SOLVER.IMS_PER_BATCH', '8',
+                                'DATALOADER.NUM_INSTANCE', '4'])
+    assert cfg.DATALOADER.SAMPLER == 'softmax'
+    data = make_dataloader(cfg)
+    batches = [b[1].tolist() for b in data.train_loader]
+    assert batches and all(len(b) == 8 for b in batches) and _is_pk(batches, 4)
 
 
 def test_ddp_shards_of_make_dataloader(demo, monkeypatch):
