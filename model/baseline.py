@@ -9,10 +9,12 @@ class Baseline(ReIDModel):
         self.classifier_proj = make_classifier(self.in_planes_proj, self.num_class)
 
     def forward(self, x, label=None, cam_label=None, view_label=None):
-        _, img_feature, img_feature_proj = self.image_features(x, cam_label, view_label)
+        img_feature_last, img_feature, img_feature_proj = self.image_features(
+            x, cam_label, view_label)
         if not self.training:
             return self.test_feature(img_feature, img_feature_proj)
         feat = self.bottleneck(img_feature)
         feat_proj = self.bottleneck_proj(img_feature_proj)
+        # the triplet loss sums over all three features, as upstream make_model.py
         return {'logits': [self.classifier(feat), self.classifier_proj(feat_proj)],
-                'feats': [img_feature, img_feature_proj]}
+                'feats': [img_feature_last, img_feature, img_feature_proj]}

@@ -16,3 +16,10 @@ class PCLModel(ReIDModel):
             return self.test_feature(img_feature, img_feature_proj)
         out_feat = self.neck_features(img_feature, img_feature_proj)
         return {'logits': [self.classifier(out_feat)], 'feats': [out_feat]}
+
+    def memory_features(self, x):
+        """What the centroid memory is built from: the BN-neck features of the training loss,
+        without SIE (upstream calls model(img) with no camera labels), whatever
+        TEST.NECK_FEAT says."""
+        _, img_feature, img_feature_proj = self.image_features(x)
+        return self.neck_features(img_feature, img_feature_proj)

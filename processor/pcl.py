@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from loss import ClusterMemory, compute_centroids, make_loss
+from loss.cluster_memory import MEMORY_UPDATES
 from utils import distributed as du
 from utils.errors import ReIDError
 
@@ -19,9 +20,9 @@ class PCLTrainer(Trainer):
         if cfg.MODEL.IF_WITH_CENTER == 'yes':  # no center optimizer is built for PCL
             raise ReIDError("MODEL.IF_WITH_CENTER 'yes' is not supported by PCL-CLIP training; "
                             "set it to 'no'")
-        if cfg.MODEL.MEMORY_UPDATE not in ('hard', 'mean'):
-            raise ReIDError(f"MODEL.MEMORY_UPDATE must be 'hard' or 'mean', "
-                            f"not {cfg.MODEL.MEMORY_UPDATE!r}")
+        if cfg.MODEL.MEMORY_UPDATE not in MEMORY_UPDATES:
+            raise ReIDError(f'MODEL.MEMORY_UPDATE must be one of {", ".join(MEMORY_UPDATES)}, '
+                            f'not {cfg.MODEL.MEMORY_UPDATE!r}')
         # The ID term as make_loss builds it: label smoothing follows MODEL.IF_LABELSMOOTH.
         self.id_loss = make_loss(cfg, self.data.num_classes).id_loss
         self.memory = None
@@ -34,10 +35,11 @@ class PCLTrainer(Trainer):
         self.scheduler.step(epoch - 1)
 
     def prepare_epoch(self, epoch):
-        """Centroids of the whole training set (test transform, eval mode) become the memory."""
+        """Centroids of the whole training set become the memory: test transform, eval mode,
+        the BN-neck features the loss sees, without SIE labels (as upstream)."""
         net = self.net
         net.eval()
-        feats, pids = extract_features(self.cfg, lambda x, c, v: net(x, cam_label=c, view_label=v),
+        feats, pids = extract_features(self.cfg, lambda x, c, v: net.memory_features(x),
                                        self.data.train_eval_loader, self.runtime, desc='memory')
         centroids = compute_centroids(F.normalize(feats, dim=1), pids, self.data.num_classes)
         self.memory = ClusterMemory(centroids.shape[1], self.data.num_classes,

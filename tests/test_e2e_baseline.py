@@ -7,12 +7,12 @@ from _e2e_helpers import (demo_root, epoch_losses, logged_results, run_script, s
                           tiny_clip)
 
 EPOCHS = 20
-# Measured over data/training seeds 0-3 (0 is this test's): untrained mAP 0.036-0.142,
-# trained 0.32-0.55, gains 0.28-0.43, at least 3.6 times the untrained mAP; the last
-# epoch's mean loss was 0.69-0.78 of the first's.
+# Measured over data/training seeds 0-3 (0 is this test's), triplet on all three features:
+# untrained mAP 0.029-0.146, trained 0.40-0.55, gains 0.30-0.50, at least 3.1 times the
+# untrained mAP; the last epoch's mean loss was 0.63-0.69 of the first's.
 MARGIN = 0.2
 TRAIN_OPTS = ['TEST.EVAL_BEFORE_TRAIN', 'True', 'INPUT.RE_PROB', 0.0, 'SOLVER.IMS_PER_BATCH', 32,
-              'SOLVER.BASE_LR', 0.0003, 'SOLVER.MAX_EPOCHS', EPOCHS, 'SOLVER.WARMUP_ITERS', 1,
+              'SOLVER.BASE_LR', 0.0006, 'SOLVER.MAX_EPOCHS', EPOCHS, 'SOLVER.WARMUP_ITERS', 1,
               'SOLVER.STEPS', f'[{EPOCHS + 1}]', 'SOLVER.EVAL_PERIOD', EPOCHS,
               'SOLVER.CHECKPOINT_PERIOD', EPOCHS, 'SOLVER.LOG_PERIOD', 100]
 
@@ -37,6 +37,6 @@ def test_baseline_improves_map(run):
 def test_baseline_losses_fall_and_weights_have_no_text_side(run):
     log, weights = run
     losses = epoch_losses(log, 'baseline')
-    assert len(losses) == EPOCHS and losses[-1] < 0.9 * losses[0]
+    assert len(losses) == EPOCHS and losses[-1] < 0.8 * losses[0]
     assert not any(k.startswith(('prompt_learner.', 'text_encoder.')) for k in weights)
     assert {'classifier.weight', 'classifier_proj.weight', 'bottleneck.weight'} <= set(weights)

@@ -95,12 +95,15 @@ def test_train_outputs_and_eval_features(tiny_clip_files, method, arch, dims):
     last, feat, proj = dims
     logits = {'clipreid': [7, 7], 'pcl': [7], 'baseline': [7, 7]}[method]
     feats = {'clipreid': [last, feat, proj], 'pcl': [feat + proj],
-             'baseline': [feat, proj]}[method]
+             'baseline': [last, feat, proj]}[method]
     assert [t.shape[1] for t in out['logits']] == logits
     assert [t.shape[1] for t in out['feats']] == feats
     assert all(t.shape[0] == 4 for t in out['logits'] + out['feats'])
     if method == 'clipreid':
         assert out['image_proj'] is out['feats'][2]
+    if method != 'pcl':  # the triplet loss reads the encoder's three features, as upstream
+        for got, want in zip(out['feats'], model.image_features(x)):
+            assert torch.equal(got, want)
     sum(t.sum() for t in out['logits'] + out['feats']).backward()
     assert model.bottleneck.bias.grad is None  # BN-neck shift is frozen
     model.eval()
