@@ -71,7 +71,8 @@ _C.MODEL.PCL_LOSS_WEIGHT = 1.0
 _C.MODEL.MEMORY_MOMENTUM = 0.2
 # PCL: temperature of the prototypical contrastive loss
 _C.MODEL.PCL_TEMPERATURE = 0.05
-# PCL: memory update from the 'hard' (least similar) sample or the batch 'mean'
+# PCL: memory update per identity of the batch from its 'hard' (least similar) sample, as
+# upstream, or 'sequential' from every sample in batch order (upstream's non-hard memory)
 _C.MODEL.MEMORY_UPDATE = 'hard'
 
 # -----------------------------------------------------------------------------
@@ -187,7 +188,9 @@ _C.SOLVER.SEED = 1234
 _C.SOLVER.MARGIN = 0.3
 # PCL: iterations (PK batches) per epoch
 _C.SOLVER.ITERS = 200
-# Mixed precision on CUDA ('bf16' where supported, else 'fp16'); 'off' = fp32
+# Training precision: 'fp16' (autocast + GradScaler, as upstream), 'bf16' (autocast), 'off'
+# (float32), 'auto' (bf16 on a CUDA GPU that supports it, else fp16; float32 on the CPU).
+# Loss arithmetic and evaluation always run in float32
 _C.SOLVER.AMP = 'auto'
 # Resume from this training-state file ('' = start fresh; 'auto' = latest in OUTPUT_DIR)
 _C.SOLVER.RESUME = ''
@@ -227,6 +230,11 @@ _C.TEST.PROTOCOL = 'auto'
 _C.TEST.AP_MODE = 'trapezoid'
 # ATRW: official plain-track annotation JSON
 _C.TEST.ATRW_ANNOTATION = ''
+# ATRW: 'dedup' = every test image once, each query ignores its own image (the official
+# rule); 'animal_code' = as the animal code's test_rerank_clipreid.py computed the published
+# tiger numbers: the test list enters (re-ranking) twice, as query and as gallery, and each
+# query drops its top-ranked entry instead of its own image
+_C.TEST.ATRW_MODE = 'dedup'
 # VehicleID: number of random gallery draws averaged
 _C.TEST.VEHICLEID_TRIALS = 10
 # Number of ranks reported in the CMC

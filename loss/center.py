@@ -2,6 +2,8 @@
 import torch
 import torch.nn as nn
 
+from .precision import float32
+
 
 class CenterLoss(nn.Module):
     """Mean over the batch of the squared distance of each feature to its class center.
@@ -16,6 +18,7 @@ class CenterLoss(nn.Module):
         self.feat_dim = feat_dim
         self.centers = nn.Parameter(torch.randn(num_classes, feat_dim))
 
+    @float32
     def forward(self, feats, labels):
-        diff = feats.float() - self.centers[labels]
+        diff = feats - self.centers[labels]
         return diff.pow(2).sum(1).clamp(min=1e-12, max=1e12).mean()

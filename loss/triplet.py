@@ -3,6 +3,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .precision import float32
+
 
 def euclidean_dist(x, y):
     """Pairwise distances sqrt(clamp(|x|^2 + |y|^2 - 2 x.y, 1e-12)), shape [m, n]."""
@@ -31,8 +33,8 @@ class TripletLoss(nn.Module):
         super().__init__()
         self.margin = margin
 
+    @float32
     def forward(self, feats, labels):
-        feats = feats.float()
         dist_ap, dist_an = hard_example_mining(euclidean_dist(feats, feats), labels)
         y = torch.ones_like(dist_an)
         if self.margin is None:

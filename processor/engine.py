@@ -36,7 +36,8 @@ class Trainer:
         self.evaluator = evaluator
         self.device = runtime.device
         self.amp_dtype = runtime.amp_dtype
-        self.scaler = torch.amp.GradScaler('cuda', enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16)
         self.logger = get_logger()
         self.epoch = 0
         self.iteration = 0

@@ -17,9 +17,10 @@ def _sie(cfg, camids, viewids, device):
 def extract_features(cfg, encode, loader, runtime, desc='features'):
     """Run `encode(images, cam_label, view_label)` over a loader in order.
 
-    Returns float32 features and pids on the run's device. Every rank processes the whole
-    loader and rank 0's result is broadcast, so all ranks hold bit-identical tensors (the
-    PCL memory and CLIP-ReID's caches must agree across ranks).
+    Runs under the run's mixed precision (SOLVER.AMP), as upstream builds its stage-1 cache
+    and PCL memory under autocast. Returns float32 features and pids on the run's device.
+    Every rank processes the whole loader and rank 0's result is broadcast, so all ranks hold
+    bit-identical tensors (the PCL memory and CLIP-ReID's caches must agree across ranks).
     """
     feats, pids = [], []
     amp = runtime.amp_dtype
@@ -38,20 +39,24 @@ def extract_features(cfg, encode, loader, runtime, desc='features'):
 
 @torch.no_grad()
 def do_inference(cfg, model, val_loader, evaluator, runtime):
-    """Features of this rank's share of query+gallery; the evaluator gathers and scores."""
+    """Features of this rank's share of query+gallery; the evaluator gathers and scores.
+
+    Always in float32, whatever SOLVER.AMP says (upstream evaluates in fp32): a checkpoint
+    scores the same after a mixed-precision or a full-precision run.
+    """
     logger = get_logger()
     model = unwrap(model)  # no DDP syncs while ranks hold different numbers of batches
     model.eval()
     evaluator.reset()
-    amp = runtime.amp_dtype
     for images, pids, camids, viewids, paths in tqdm(val_loader, desc='evaluate', leave=False,
                                                      disable=not du.is_main_process()):
         cam, view = _sie(cfg, camids, viewids, runtime.device)
-        with torch.autocast(runtime.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            feat = model(images.to(runtime.device, non_blocking=True), cam_label=cam, view_label=view)
+        with torch.autocast(runtime.device.type, enabled=False):  # even inside a caller's
+            feat = model(images.to(runtime.device, non_blocking=True), cam_label=cam,
+                         view_label=view)
         evaluator.update((feat.float(), pids, camids, list(paths)))
     result = evaluator.compute()
-    logger.info('Validation results:')
+    logger.info('Validation results (%s):', evaluator.describe())
     for name, value in result.summary().items():
         logger.info('%-24s %.1f%%', name, 100 * value)
     return result

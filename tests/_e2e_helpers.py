@@ -55,7 +55,7 @@ def small_opts(root, clip, out, *opts):
     return ['MODEL.PRETRAIN_PATH', clip, 'MODEL.DEVICE', 'cpu', 'DATASETS.ROOT_DIR', root,
             'INPUT.SIZE_TRAIN', f'[{h}, {w}]', 'INPUT.SIZE_TEST', f'[{h}, {w}]',
             'INPUT.PADDING', '4', 'DATALOADER.NUM_WORKERS', '0', 'TEST.IMS_PER_BATCH', '128',
-            'OUTPUT_DIR', str(out), *map(str, opts)]
+            'SOLVER.AMP', 'off', 'OUTPUT_DIR', str(out), *map(str, opts)]
 
 
 def load_cfg(config, root, clip, out, *opts):
@@ -103,6 +103,7 @@ def changed_keys(before, after):
 _EPOCH = re.compile(r' (\w+) epoch (\d+) done in [\d.]+s \([\d.]+ samples/s\): loss ([\d.naif-]+)')
 _ITER = re.compile(r' (\w+) epoch\[(\d+)\] iteration\[(\d+)\]')
 _METRIC = re.compile(r' INFO: (\S+)\s+([\d.]+)%$')
+_RESULTS = re.compile(r'Validation results \((.*)\):$')  # (protocol, distance, re-ranking)
 
 
 def epoch_losses(log, stage):
@@ -120,10 +121,10 @@ def logged_iterations(log, stage):
 
 
 def logged_results(log):
-    """Every 'Validation results:' block of a log as {name: fraction}, in order."""
+    """Every 'Validation results (...):' block of a log as {name: fraction}, in order."""
     blocks = []
     for line in log.splitlines():
-        if line.endswith('Validation results:'):
+        if _RESULTS.search(line):
             blocks.append({})
         elif blocks and (m := _METRIC.search(line)):
             blocks[-1][m.group(1)] = float(m.group(2)) / 100

@@ -18,7 +18,7 @@ class Runtime:
     device: torch.device
     rank: int
     world_size: int
-    amp_dtype: torch.dtype | None  # autocast dtype on CUDA; None = full fp32
+    amp_dtype: torch.dtype | None  # autocast dtype of training; None = full fp32
 
 
 def config_for(method, args):
@@ -41,10 +41,13 @@ def seed_everything(seed):
 
 
 def _amp_dtype(cfg, device):
+    """Autocast dtype of SOLVER.AMP: 'bf16' / 'fp16' on any device (PyTorch autocasts on the
+    CPU too), 'auto' = bf16 on a CUDA GPU that supports it, else fp16 on CUDA and full
+    precision on the CPU, 'off' = full precision."""
     choice = cfg.SOLVER.AMP
     if choice not in ('auto', 'bf16', 'fp16', 'off'):
         raise ReIDError(f"SOLVER.AMP must be 'auto', 'bf16', 'fp16' or 'off', not {choice!r}")
-    if device.type != 'cuda' or choice == 'off':
+    if choice == 'off' or (choice == 'auto' and device.type != 'cuda'):
         return None
     if choice == 'fp16' or (choice == 'auto' and not torch.cuda.is_bf16_supported()):
         return torch.float16
@@ -82,4 +85,8 @@ def setup_run(cfg, log_name):
     logger.info('Running on %s (%d process%s)\n%s', device, world, 'es' if world > 1 else '',
                 cfg.dump())
     logging.captureWarnings(True)
-    return Runtime(device, rank, world, _amp_dtype(cfg, device))
+    amp = _amp_dtype(cfg, device)
+    logger.info('Training precision: %s (SOLVER.AMP %s); evaluation in float32',
+                {None: 'float32', torch.bfloat16: 'bf16 autocast',
+                 torch.float16: 'fp16 autocast with GradScaler'}[amp], cfg.SOLVER.AMP)
+    return Runtime(device, rank, world, amp)
