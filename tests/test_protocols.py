@@ -174,6 +174,66 @@ def test_atrw_matches_official_scoring_on_random_data(tmp_path):
     assert result.summary()['mAP(cross_cam)'] == pytest.approx(np.mean(aps['multi']), abs=1e-12)
 
 
+def _animal_code_atrw(feats, rows, k1, k2, lam):
+    """The animal code's test_rerank_clipreid.py, step by step: the test list is both query
+    and gallery of re_ranking, each query's ranking drops its first entry, and the official
+    plain-track scoring (junk rule, sklearn AP) scores the rest."""
+    from sklearn.metrics import average_precision_score
+    dist = re_ranking(feats, feats, k1, k2, lam, dist='cosine_sq')
+    aps = {'sing': [], 'multi': []}
+    for q, (eid, cam, frame, kind, _) in enumerate(rows):
+        ans = np.argsort(dist[q], kind='stable')[1:]  # ties: first index, as ours
+        junk = np.array([rows[j][0] == -1 or (rows[j][0] == eid and rows[j][1] == cam
+                                              and abs(rows[j][2] - frame) <= 3) for j in ans])
+        match = np.array([rows[j][0] == eid for j in ans]) & ~junk
+        distances = np.where(junk, np.inf, np.arange(len(ans)) + 1.0)
+        aps[kind].append(average_precision_score(match, 1 / distances) if match.any() else 0.0)
+    return np.mean(aps['sing']), np.mean(aps['multi'])
+
+
+def test_atrw_animal_code_mode_reproduces_the_animal_code(tmp_path):
+    rng = np.random.default_rng(7)
+    n = 40
+    rows = [(int(rng.integers(-1, 6)), (int(rng.integers(0, 2)), 0), int(rng.integers(0, 12)),
+             str(rng.choice(['sing', 'multi'])), 0.0) for _ in range(n)]
+    feats = torch.nn.functional.normalize(torch.randn(n, 6, generator=torch.Generator()
+                                                      .manual_seed(7)), dim=1)
+    # image 5 is a copy of image 2 showing another tiger: its top-ranked entry is image 2
+    # (first on ties), which the animal code drops instead of image 5 itself
+    feats[5] = feats[2]
+    rows[2], rows[5], rows[9] = (0, (0, 0), 1, 'sing', 0.0), (1, (1, 0), 1, 'multi', 0.0), \
+        (1, (0, 0), 1, 'multi', 0.0)
+    anno = write_annotation(tmp_path / 'a.json', rows)
+    paths = [f'{i}.jpg' for i in range(n)]
+
+    def evaluate(mode):  # the loader gives the test list twice: as query, then as gallery
+        ev = R1_mAP_eval(n, protocol='atrw', atrw_annotation=anno, atrw_mode=mode,
+                         reranking=True, k1=6, k2=3, rerank_dist='cosine_sq')
+        return run(ev, torch.cat([feats, feats]).numpy(), np.zeros(2 * n, int), paths=paths + paths)
+
+    result = evaluate('animal_code').summary()
+    sing, multi = _animal_code_atrw(feats, rows, 6, 3, 0.3)
+    assert result['mAP(single_cam)'] == pytest.approx(sing, abs=1e-6)
+    assert result['mAP(cross_cam)'] == pytest.approx(multi, abs=1e-6)
+    # every image entering the k-reciprocal sets twice changes the numbers
+    assert evaluate('dedup').summary()['mmAP'] != pytest.approx(result['mmAP'], abs=1e-4)
+
+
+def test_atrw_animal_code_mode_without_reranking_equals_the_official_rule(tmp_path):
+    """Plain distances: the top-ranked entry is the query's own copy, which the official
+    rule drops anyway, so both modes agree (hand-worked fixture above)."""
+    anno = write_annotation(tmp_path / 'gt_test_plain.json', ATRW)
+    paths = [f'/data/test/{i:06d}.jpg' for i in range(len(ATRW))]
+    feats = [r[4] for r in ATRW]
+    results = [run(R1_mAP_eval(len(ATRW), feat_norm='no', protocol='atrw',
+                               atrw_annotation=anno, atrw_mode=mode), feats + feats,
+                   np.zeros(2 * len(ATRW), int), paths=paths + paths).summary()
+               for mode in ('dedup', 'animal_code')]
+    assert results[0] == results[1] and results[0]['mmAP'] == pytest.approx(0.5, abs=1e-12)
+    with pytest.raises(ReIDError, match='TEST.ATRW_MODE'):
+        R1_mAP_eval(2, protocol='atrw', atrw_annotation=anno, atrw_mode='twice')
+
+
 def test_atrw_bad_inputs(tmp_path):
     anno = write_annotation(tmp_path / 'a.json', ATRW)
     ev = R1_mAP_eval(2, protocol='atrw', atrw_annotation=anno)

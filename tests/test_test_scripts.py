@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from config import load_config
 from _e2e_helpers import (build, config_path, demo_root, logged_results, run_script, small_opts,
                           tiny_clip)
+from model import make_model
 from processor import cli
 from utils.checkpoint import save_weights
 from utils.errors import ReIDError
@@ -147,10 +148,15 @@ def reference(cfg, protocol, feats, pids, camids, paths, num_query, rerank):
             keep = np.ones(dist.shape, dtype=bool)
             runs.append(rank_summary(sorted_hits(dist, pids[qi], pids[gi], keep), 'standard'))
         return {k: np.mean([r[k] for r in runs]) for k in runs[0]}
-    return atrw_reference(cfg, feats, paths, distances(cfg, feats, None, rerank))
+    if cfg.TEST.ATRW_MODE == 'animal_code':  # the test list is the query and gallery list
+        dist = distances(cfg, feats, feats, rerank)
+        return atrw_reference(cfg, paths, dist, drop_top=True)
+    return atrw_reference(cfg, paths, distances(cfg, feats, None, rerank))
 
 
-def atrw_reference(cfg, feats, paths, dist):
+def atrw_reference(cfg, paths, dist, drop_top=False):
+    """Official junk rule; each query drops its own image, or (the animal code) its
+    top-ranked entry."""
     with open(cfg.TEST.ATRW_ANNOTATION) as f:
         anno = {e['imgid']: e for e in json.load(f)}
     rows = [anno[int(p.rsplit('/', 1)[-1].split('.')[0])] for p in paths]
@@ -158,9 +164,10 @@ def atrw_reference(cfg, feats, paths, dist):
     cam = np.array([tuple(r['frame'][:2]) for r in rows]).tolist()
     frame = np.array([r['frame'][2] for r in rows])
     n = len(rows)
-    junk = np.array([[i == j or (eid[i] == eid[j] and cam[i] == cam[j]
-                                 and abs(frame[i] - frame[j]) <= 3) for j in range(n)]
-                     for i in range(n)])
+    junk = np.array([[eid[i] == eid[j] and cam[i] == cam[j] and abs(frame[i] - frame[j]) <= 3
+                      for j in range(n)] for i in range(n)])
+    dropped = np.argmin(dist, axis=1) if drop_top else np.arange(n)
+    junk[np.arange(n), dropped] = True
     ranks = list(sorted_hits(dist, eid, eid, ~junk))
     out = {}
     for code, name in (('sing', 'single_cam'), ('multi', 'cross_cam')):
@@ -198,6 +205,8 @@ def test_rerank_script_in_a_subprocess(tmp_path_factory):
     log = run_script('test_rerank_clipreid.py', CASES['yak'][0],
                      case_opts(tmp_path_factory, 'yak', 'TEST.WEIGHT', weights))
     (logged,) = logged_results(log)
+    assert ('Validation results (animal protocol, k-reciprocal re-ranking k1=20 k2=6 '
+            'lambda=0.3 (cosine_sq initial distance)):') in log
     expected = reference(cfg, 'animal', *features(cfg, data, model), data.num_query, True)
     assert list(logged) == KEYS['animal']
     for key, value in logged.items():
@@ -216,3 +225,12 @@ def test_method_is_read_from_the_checkpoint(tmp_path_factory, monkeypatch, metho
     opts = case_opts(tmp_path_factory, 'market1501', 'TEST.WEIGHT', weights, 'MODEL.METHOD', wrong)
     with pytest.raises(ReIDError, match='does not fit'):
         run_test_main(monkeypatch, config, opts)
+
+
+def test_animal_configs_prompt_person_as_the_animal_code(tmp_path_factory):
+    _, cfg, data, model = checkpoint(tmp_path_factory, 'yak')
+    assert model.prompt_learner.text == 'A photo of a X X X X person.'
+    opts = case_opts(tmp_path_factory, 'yak', 'MODEL.PROMPT_OBJECT', '')  # the documented switch
+    species = make_model(load_config(config_path(CASES['yak'][0]), opts), data.num_classes,
+                         data.camera_num, data.view_num, object_word=data.dataset.object_word)
+    assert species.prompt_learner.text == 'A photo of a X X X X yak.'

@@ -24,6 +24,7 @@ from .errors import ReIDError
 from .protocols import Split, _result, scan
 
 QUERY_KINDS = (('sing', 'single_cam'), ('multi', 'cross_cam'))
+ATRW_MODES = ('dedup', 'animal_code')
 
 
 def load_annotation(path):
@@ -50,34 +51,81 @@ def image_id(path):
                         '(e.g. 000123.jpg)') from None
 
 
-def evaluate_atrw(spec, test, annotation_path, max_rank=50):
-    """Score the test images (query set; gallery = all other test images) by the official rules."""
-    anno = load_annotation(annotation_path)
-    if test.paths is None:
-        raise ReIDError('the ATRW protocol needs image paths to match images to the annotation')
-    ids = [image_id(p) for p in test.paths]
-    unique = np.unique(ids, return_index=True)[1]
-    if len(unique) < len(ids):  # the same image given twice (e.g. query and gallery): once
-        test = test.take(np.sort(unique))
-        ids = [ids[i] for i in np.sort(unique)]
-    missing = [p for p, i in zip(test.paths, ids) if i not in anno]
+def _annotated(split, anno, annotation_path):
+    """(split with entity ids as pids, query kinds, entity ids, camera codes, frame numbers)."""
+    ids = [image_id(p) for p in split.paths]
+    missing = [p for p, i in zip(split.paths, ids) if i not in anno]
     if missing:
         raise ReIDError(f'{len(missing)} ATRW test images are not in TEST.ATRW_ANNOTATION '
                         f'{annotation_path!r}, e.g. {missing[0]!r}')
     kind, eid, cam, frame = zip(*(anno[i] for i in ids))
     eid = torch.tensor(eid)
-    cam = torch.tensor(np.unique(np.asarray(cam), axis=0, return_inverse=True)[1].reshape(-1))
-    frame = torch.tensor(frame)
-    test = Split(test.feats, eid.numpy(), test.camids, test.paths)
+    split = Split(split.feats, eid.numpy(), split.camids, split.paths)
+    return split, np.asarray(kind), eid, cam, torch.tensor(frame), np.asarray(ids)
 
-    def excluded(s, e):
-        own = torch.arange(len(eid))[None, :] == torch.arange(s, e)[:, None]
-        near = ((eid[None, :] == eid[s:e, None]) & (cam[None, :] == cam[s:e, None])
-                & ((frame[None, :] - frame[s:e, None]).abs() <= 3))
-        return own | near | (eid == -1)[None, :]
 
-    stats, distmat = scan(spec, test, None, excluded)
-    kind = np.asarray(kind)
+class _DropTopRanked:
+    """A DistanceSpec whose chunks also note each query's top-ranked gallery entry (the
+    first one on ties), for the animal code's "skip the first answer" rule."""
+
+    def __init__(self, spec):
+        self.spec, self.top = spec, {}
+
+    def chunks(self, qf, gf):
+        for start, end, dist in self.spec.chunks(qf, gf):
+            self.top[start] = dist.argmin(dim=1).cpu()
+            yield start, end, dist
+
+    def mask(self, start, end, num_gallery):
+        cols = torch.arange(num_gallery)
+        return cols[None, :] == self.top[start][:end - start, None]
+
+
+def evaluate_atrw(spec, test, annotation_path, max_rank=50, mode='dedup', num_query=None):
+    """Score the test images by the official rules.
+
+    mode 'dedup': every test image once (duplicates dropped); each one is a query against
+    all the others. mode 'animal_code': the first num_query images are the queries and the
+    rest the gallery (the test list again when there is no rest), so with re-ranking every
+    image enters the k-reciprocal sets twice; each query drops its top-ranked gallery entry
+    rather than its own image (the own image then falls to the junk rule). This is how the
+    animal code's test_rerank_clipreid.py made the published tiger numbers.
+    """
+    if mode not in ATRW_MODES:
+        raise ReIDError(f'TEST.ATRW_MODE must be one of {", ".join(map(repr, ATRW_MODES))}, '
+                        f'got {mode!r}')
+    anno = load_annotation(annotation_path)
+    if test.paths is None:
+        raise ReIDError('the ATRW protocol needs image paths to match images to the annotation')
+    if mode == 'dedup':
+        ids = [image_id(p) for p in test.paths]
+        unique = np.sort(np.unique(ids, return_index=True)[1])
+        q = g = test.take(unique) if len(unique) < len(ids) else test
+    else:
+        nq = num_query if num_query and num_query < len(test) else len(test)
+        q = test.take(np.arange(nq))
+        g = test.take(np.arange(nq, len(test))) if nq < len(test) else q
+    q, kind, q_eid, q_cam, q_frame, q_ids = _annotated(q, anno, annotation_path)
+    g, _, g_eid, g_cam, g_frame, _ = _annotated(g, anno, annotation_path)
+    cams = np.unique(np.asarray(q_cam + g_cam), axis=0, return_inverse=True)[1].reshape(-1)
+    q_cam, g_cam = torch.tensor(cams[:len(q_cam)]), torch.tensor(cams[len(q_cam):])
+
+    def junk(s, e):
+        near = ((g_eid[None, :] == q_eid[s:e, None]) & (g_cam[None, :] == q_cam[s:e, None])
+                & ((g_frame[None, :] - q_frame[s:e, None]).abs() <= 3))
+        return near | (g_eid == -1)[None, :]
+
+    if mode == 'dedup':
+        def excluded(s, e):
+            own = torch.arange(len(g))[None, :] == torch.arange(s, e)[:, None]
+            return own | junk(s, e)
+        stats, distmat = scan(spec, q, None, excluded)
+    else:
+        ranked = _DropTopRanked(spec)
+
+        def excluded(s, e):
+            return ranked.mask(s, e, len(g)) | junk(s, e)
+        stats, distmat = scan(ranked, q, g, excluded)
     metrics = OrderedDict(mmAP=0.0)
     for code, name in QUERY_KINDS:
         sub = stats.subset(np.flatnonzero(kind == code))
@@ -89,5 +137,5 @@ def evaluate_atrw(spec, test, annotation_path, max_rank=50):
     metrics['mmAP'] = (metrics['mAP(single_cam)'] + metrics['mAP(cross_cam)']) / 2
     queries = stats.subset(np.flatnonzero(np.isin(kind, [c for c, _ in QUERY_KINDS])))
     cmc = queries.cmc_counts(max_rank).astype(np.float32) / float(max(len(queries.num_pos), 1))
-    return _result('atrw', cmc, metrics['mmAP'], metrics, test, test, distmat, excluded,
-                   extra={'query_kind': kind, 'imgid': np.asarray(ids)})
+    return _result('atrw', cmc, metrics['mmAP'], metrics, q, g, distmat, excluded,
+                   extra={'query_kind': kind, 'imgid': q_ids, 'mode': mode})

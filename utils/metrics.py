@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as du
-from .atrw import evaluate_atrw, load_annotation
+from .atrw import ATRW_MODES, evaluate_atrw, load_annotation
 from .distance import METRICS, as_tensor, matrix_chunks
 from .errors import ReIDError
 from .protocols import (PROTOCOLS, DistanceSpec, EvalResult, Split, evaluate_animal,
@@ -64,8 +64,8 @@ class R1_mAP_eval:
     def __init__(self, num_query, max_rank=50, feat_norm='yes', reranking=False, *,
                  protocol='standard', distance='euclidean', k1=20, k2=6, lambda_value=0.3,
                  rerank_dist='euclidean', ap_mode='trapezoid', atrw_annotation='',
-                 vehicleid_trials=10, vehicleid_seed=0, dist_mat_path='', visualize=0,
-                 output_dir=''):
+                 atrw_mode='dedup', vehicleid_trials=10, vehicleid_seed=0, dist_mat_path='',
+                 visualize=0, output_dir=''):
         self.num_query, self.max_rank = num_query, max_rank
         self.feat_norm = _feat_norm(feat_norm)
         self.protocol = _choice('TEST.PROTOCOL', protocol, PROTOCOLS)
@@ -77,11 +77,21 @@ class R1_mAP_eval:
         if self.protocol == 'atrw':
             load_annotation(atrw_annotation)  # fail now, not after feature extraction
         self.atrw_annotation = atrw_annotation
+        self.atrw_mode = _choice('TEST.ATRW_MODE', atrw_mode, ATRW_MODES)
         self.trials, self.seed = vehicleid_trials, vehicleid_seed
         if self.protocol == 'vehicleid' and vehicleid_trials < 1:
             raise ReIDError(f'TEST.VEHICLEID_TRIALS must be at least 1, got {vehicleid_trials}')
         self.dist_mat_path, self.visualize, self.output_dir = dist_mat_path, visualize, output_dir
         self.reset()
+
+    def describe(self):
+        """One line saying how distances are made, e.g. for the evaluation log."""
+        r = self.spec.rerank
+        protocol = self.protocol + (f' ({self.atrw_mode})' if self.protocol == 'atrw' else '')
+        if not r:
+            return f'{protocol} protocol, {self.spec.metric} distance, no re-ranking'
+        return (f"{protocol} protocol, k-reciprocal re-ranking k1={r['k1']} k2={r['k2']} "
+                f"lambda={r['lambda_value']} ({r['dist']} initial distance)")
 
     def reset(self):
         self.feats, self.pids, self.camids, self.paths = [], [], [], []
@@ -127,7 +137,8 @@ class R1_mAP_eval:
             result = evaluate_vehicleid(self.spec, test, self.max_rank, self.trials, self.seed)
         else:
             test = Split(feats, pids, camids, paths)
-            result = evaluate_atrw(self.spec, test, self.atrw_annotation, self.max_rank)
+            result = evaluate_atrw(self.spec, test, self.atrw_annotation, self.max_rank,
+                                   self.atrw_mode, nq)
         if du.is_main_process():
             self._save(result)
         return result
@@ -161,6 +172,7 @@ def make_evaluator(cfg, num_query, protocol):
         protocol=_choice('TEST.PROTOCOL', name, PROTOCOLS), distance=t.DISTANCE,
         k1=t.RE_RANKING_K1, k2=t.RE_RANKING_K2, lambda_value=t.RE_RANKING_LAMBDA,
         rerank_dist=t.RE_RANKING_DIST, ap_mode=t.AP_MODE, atrw_annotation=t.ATRW_ANNOTATION,
+        atrw_mode=t.ATRW_MODE,
         vehicleid_trials=t.VEHICLEID_TRIALS,
         dist_mat_path=os.path.join(cfg.OUTPUT_DIR, t.DIST_MAT) if t.DIST_MAT else '',
         visualize=t.VISUALIZE, output_dir=cfg.OUTPUT_DIR)
