@@ -17,5 +17,5 @@ class BaselineTrainer(Trainer):
         cam, view = self.sie_labels(camids, viewids)
         out = self.model(images, label=target, cam_label=cam, view_label=view)
         loss, parts = self.loss_fn(out, target)
-        acc = (out['logits'][0].argmax(1) == target).float().mean().item()
-        return loss, {**{k: float(v) for k, v in parts.items()}, 'acc': acc}
+        acc = (out['logits'][0].argmax(1) == target).float().mean()
+        return loss, {**parts, 'acc': acc}

@@ -45,13 +45,16 @@ class PromptTrainer(Trainer):
     def to_device(self, batch):
         return [batch]
 
+    def samples_in(self, batch):
+        return batch[0].shape[0]  # every rank trains on the whole global batch
+
     def train_step(self, batch):
         (index,) = batch
         target, image_feats = self.labels[index], self.image_feats[index]
         text_feats = self.net.encode_text(target)
         loss_i2t = self.supcon(image_feats, text_feats, target, target)
         loss_t2i = self.supcon(text_feats, image_feats, target, target)
-        return loss_i2t + loss_t2i, {'i2t': loss_i2t.item(), 't2i': loss_t2i.item()}
+        return loss_i2t + loss_t2i, {'i2t': loss_i2t.detach(), 't2i': loss_t2i.detach()}
 
     def after_step(self, batch):
         if du.is_dist():  # keep ranks bit-identical despite non-deterministic kernels
@@ -81,6 +84,6 @@ class ImageTrainer(BaselineTrainer):
         out = self.model(images, label=target, cam_label=cam, view_label=view)
         i2t_logits = image_to_text_logits(out['image_proj'], self.text_feats)
         loss, parts = self.loss_fn(out, target, i2t_logits=i2t_logits)
-        acc = (i2t_logits.argmax(1) == target).float().mean().item()
-        return loss, {**{k: float(v) for k, v in parts.items()}, 'acc': acc}
+        acc = (i2t_logits.argmax(1) == target).float().mean()
+        return loss, {**parts, 'acc': acc}
 

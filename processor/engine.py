@@ -17,10 +17,12 @@ from utils import distributed as du
 from utils.checkpoint import atomic_save, rng_state, save_weights, set_rng_state, state_path, unwrap
 from utils.errors import ReIDError
 from utils.logger import get_logger
-from utils.meter import AverageMeter
+from utils.meter import StepMeters
 from utils.runtime import seed_everything
 
 from .inference import do_inference
+
+_NO_STEP = float(2 ** 24)  # "no step yet" in note_finite (exact in float32, above any step)
 
 
 class Trainer:
@@ -54,7 +56,8 @@ class Trainer:
         raise NotImplementedError
 
     def train_step(self, batch):
-        """Return (loss, {name: float}) for one batch; the loop does backward and step."""
+        """Return (loss, {name: scalar tensor}) for one batch; the loop does backward and step.
+        Return tensors, not floats: reading a value waits for the GPU."""
         raise NotImplementedError
 
     def after_step(self, batch):
@@ -98,9 +101,16 @@ class Trainer:
             self.train_epoch(epoch)
             self.end_epoch(epoch)
 
+    def samples_in(self, batch):
+        """Images one step trains on, over all ranks (for the samples/s log)."""
+        return batch[0].shape[0] * self.runtime.world_size
+
     def train_epoch(self, epoch):
+        """One pass of the step loop. The GPU is never waited for inside it, except every
+        LOG_PERIOD steps and at the end, where the meters are read and the loss is checked."""
         self.model.train()
-        meters = {}
+        meters = StepMeters()
+        self._first_bad = None
         log_period = self.solver.LOG_PERIOD
         start, seen = time.perf_counter(), 0
         batches = self.batches(epoch)
@@ -113,7 +123,7 @@ class Trainer:
                 self.center_optimizer.zero_grad(set_to_none=True)
             with self.autocast():
                 loss, parts = self.train_step(batch)
-            self.check_finite(loss, epoch, n_iter)
+            self.note_finite(loss, n_iter)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             if self.center_optimizer is not None:
@@ -121,14 +131,15 @@ class Trainer:
             self.scaler.update()
             self.after_step(batch)
             self.iteration += 1
-            seen += batch[0].shape[0] * self.runtime.world_size
-            for name, value in {'loss': loss.item(), **parts}.items():
-                meters.setdefault(name, AverageMeter()).update(value, batch[0].shape[0])
+            seen += self.samples_in(batch)
+            meters.update({'loss': loss, **parts}, batch[0].shape[0])
             if n_iter % log_period == 0:
+                self.check_finite(epoch)
                 self.log_progress(epoch, n_iter, meters)
+        self.check_finite(epoch)
         elapsed = time.perf_counter() - start
         self.logger.info('%s epoch %d done in %.1fs (%.1f samples/s): %s', self.stage, epoch,
-                         elapsed, seen / max(elapsed, 1e-9), self.format_meters(meters))
+                         elapsed, seen / max(elapsed, 1e-9), meters)
 
     def step_center_optimizer(self):
         """The centers live outside the DDP model: average their gradients over the ranks
@@ -137,28 +148,41 @@ class Trainer:
         du.average_gradients(self.loss_fn.center.parameters())
         self.scaler.step(self.center_optimizer)
 
-    def check_finite(self, loss, epoch, n_iter):
-        """Stop every rank when any rank's loss is nan or inf; nothing of it is saved."""
-        finite = torch.isfinite(loss.detach()).to(torch.int32)
+    def note_finite(self, loss, n_iter):
+        """Remember, on the device, the first step of the epoch whose loss is nan or inf."""
+        loss = loss.detach().float()
+        if self._first_bad is None:
+            self._first_bad = (torch.full((), _NO_STEP, device=loss.device), loss)
+        step, value = self._first_bad
+        bad = ~torch.isfinite(loss) & (step == _NO_STEP)
+        self._first_bad = (torch.where(bad, float(n_iter), step), torch.where(bad, loss, value))
+
+    def check_finite(self, epoch):
+        """Stop every rank when any rank met a non-finite loss (before anything is saved)."""
+        if self._first_bad is None:
+            return
+        step = self._first_bad[0].clone()
         if du.is_dist():
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        if not finite.item():
-            value = f'not finite (here {loss.item()})' if du.is_dist() else loss.item()
-            raise ReIDError(f'{self.stage}: the loss is {value} at epoch {epoch}, iteration '
-                            f'{n_iter}; training stopped ({self.kept_message()}). A lower '
-                            'learning rate or SOLVER.AMP off may help')
+            torch.distributed.all_reduce(step, op=torch.distributed.ReduceOp.MIN)
+        step = int(step.item())
+        if step == _NO_STEP:
+            return
+        mine, value = (t.item() for t in self._first_bad)
+        value = value if mine == step else None
+        if du.is_dist():
+            value = 'not finite' + ('' if value is None else f' (here {value})')
+        raise ReIDError(f'{self.stage}: the loss is {value} at epoch {epoch}, iteration '
+                        f'{step}; training stopped ({self.kept_message()}). A lower '
+                        'learning rate or SOLVER.AMP off may help')
 
     def kept_message(self):
         last = self.last_state_file()
         return f'the last good checkpoint is {last}' if last else 'no checkpoint was written yet'
 
-    def format_meters(self, meters):
-        return ', '.join(f'{name} {meter.avg:.4f}' for name, meter in meters.items())
-
     def log_progress(self, epoch, n_iter, meters):
         lr = self.optimizer.param_groups[0]['lr']
         self.logger.info('%s epoch[%d] iteration[%d] %s, base lr %.2e', self.stage, epoch, n_iter,
-                         self.format_meters(meters), lr)
+                         meters, lr)
 
     def end_epoch(self, epoch):
         if self.evaluator is not None and epoch % self.solver.EVAL_PERIOD == 0:
@@ -205,7 +229,7 @@ class Trainer:
         self.net.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])
-        self.scaler.load_state_dict(state['scaler'])
+        self.load_scaler(state.get('scaler') or {})
         if self.center_optimizer is not None and state.get('center_optimizer'):
             self.center_optimizer.load_state_dict(state['center_optimizer'])
         if self.loss_fn is not None and state.get('loss'):
@@ -214,6 +238,15 @@ class Trainer:
         set_rng_state(state['rng'])
         self.logger.info('resumed %s after epoch %d', self.stage, state['epoch'])
         return state['epoch'] + 1
+
+    def load_scaler(self, saved):
+        """The GradScaler's state, when both runs scale (fp16). A run saved in another
+        precision has none: an fp16 resume then starts a fresh scale."""
+        if self.scaler.is_enabled() and saved:
+            self.scaler.load_state_dict(saved)
+        elif self.scaler.is_enabled():
+            self.logger.info('the training state has no fp16 GradScaler state (it was saved '
+                             'in another precision): starting a fresh loss scale')
 
 
 class EpochBatches:

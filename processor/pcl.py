@@ -42,6 +42,8 @@ class PCLTrainer(Trainer):
         feats, pids = extract_features(self.cfg, lambda x, c, v: net.memory_features(x),
                                        self.data.train_eval_loader, self.runtime, desc='memory')
         centroids = compute_centroids(F.normalize(feats, dim=1), pids, self.data.num_classes)
+        if du.is_dist():  # index_add_ may sum in any order on a GPU: take rank 0's sums
+            torch.distributed.broadcast(centroids, 0)
         self.memory = ClusterMemory(centroids.shape[1], self.data.num_classes,
                                     **self.memory_args).to(self.device)
         self.memory.build(centroids)
@@ -59,12 +61,16 @@ class PCLTrainer(Trainer):
         loss_pcl = self.memory(feats.float(), target)
         loss_id = self.id_loss(logits.float(), target)
         loss = self.cfg.MODEL.PCL_LOSS_WEIGHT * loss_pcl + self.cfg.MODEL.ID_LOSS_WEIGHT * loss_id
-        acc = (logits.argmax(1) == target).float().mean().item()
-        return loss, {'pcl': loss_pcl.item(), 'id': loss_id.item(), 'acc': acc}
+        acc = (logits.argmax(1) == target).float().mean()
+        return loss, {'pcl': loss_pcl.detach(), 'id': loss_id.detach(), 'acc': acc}
 
     def after_step(self, batch):
-        # Every rank applies the same update from the whole global batch.
-        self.memory.update(du.all_gather_tensor(self._batch_feats), du.all_gather_tensor(batch[1]))
+        # Every rank applies the same update from the whole global batch (the PK sampler
+        # gives every rank the same share size): features and labels in one collective,
+        # the labels as an exact float32 column.
+        packed = torch.cat([self._batch_feats, batch[1].unsqueeze(1).float()], dim=1)
+        packed = du.all_gather_equal(packed)
+        self.memory.update(packed[:, :-1], packed[:, -1].long())
 
     def extra_state(self):
         return {'memory': self.memory.state_dict() if self.memory is not None else None}

@@ -1,17 +1,30 @@
-class AverageMeter:
-    """Running mean of a scalar, weighted by the number of samples."""
+"""Running means of the training step's values, kept on the device.
+
+Adding a step's values launches a few tiny kernels and never waits for the GPU; only reading
+the means (every LOG_PERIOD steps and at the end of an epoch) synchronises with the host.
+"""
+import torch
+
+
+class StepMeters:
+    """Sample-weighted running means of named scalar tensors."""
 
     def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.sum = 0.0
+        self.sums = {}
         self.count = 0
 
-    def update(self, value, n=1):
-        self.sum += float(value) * n
+    def update(self, values, n):
+        for name, value in values.items():
+            value = torch.as_tensor(value).detach().float() * n
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
         self.count += n
 
-    @property
-    def avg(self):
-        return self.sum / max(self.count, 1)
+    def means(self):
+        """{name: float}: one transfer for all the values."""
+        if not self.sums:
+            return {}
+        values = torch.stack([v.reshape(()) for v in self.sums.values()]).cpu().tolist()
+        return {name: v / max(self.count, 1) for name, v in zip(self.sums, values)}
+
+    def __str__(self):
+        return ', '.join(f'{name} {value:.4f}' for name, value in self.means().items())
