@@ -32,7 +32,7 @@ def test_param_groups_lr_and_weight_decay():
     model = TinyModel()
     optimizer, center_optimizer = make_optimizer(solver, model)
     assert isinstance(optimizer, torch.optim.SGD) and center_optimizer is None
-    # one group per trainable tensor; the frozen Linear is left out
+    # one group per (lr, weight decay); here each tensor has its own; frozen ones are left out
     got = [(g['params'][0] is p, g['lr'], g['weight_decay'], g['momentum'])
            for g, p in zip(optimizer.param_groups,
                            [model.backbone.weight, model.backbone.bias, model.classifier.weight])]
@@ -40,6 +40,43 @@ def test_param_groups_lr_and_weight_decay():
                    (True, 0.02, 0.0001, 0.8),   # bias: 0.01 * 2, WEIGHT_DECAY_BIAS
                    (True, 0.02, 0.0005, 0.8)]   # classifier with LARGE_FC_LR: 2 * 0.01
     assert len(optimizer.param_groups) == 3
+
+
+class TwoLayers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 3)
+        self.classifier = nn.Linear(3, 2, bias=False)
+
+
+@pytest.mark.parametrize('name', ['Adam', 'AdamW', 'SGD'])
+def test_merged_groups_train_as_per_tensor_groups(name):
+    """Upstream's one group per tensor and the merged (lr, weight decay) groups give the
+    same weights after several steps."""
+    solver = _solver('SOLVER.BASE_LR', '0.01', 'SOLVER.BIAS_LR_FACTOR', '2',
+                     'SOLVER.WEIGHT_DECAY', '0.0005', 'SOLVER.WEIGHT_DECAY_BIAS', '0.0001',
+                     'SOLVER.LARGE_FC_LR', 'True', 'SOLVER.OPTIMIZER_NAME', name)
+    merged_model, per_tensor_model = TwoLayers(), TwoLayers()
+    merged, _ = make_optimizer(solver, merged_model)
+    # weights of a and b share a group, so do their biases; the classifier has its own
+    assert [len(g['params']) for g in merged.param_groups] == [2, 2, 1]
+    params = [list(m.parameters()) for m in (merged_model, per_tensor_model)]
+    twin = {id(a): b for a, b in zip(*params)}
+    per_tensor = type(merged)(
+        [{'params': [twin[id(p)]], 'lr': g['lr'], 'weight_decay': g['weight_decay']}
+         for g in merged.param_groups for p in g['params']],
+        **({'momentum': 0.9} if name == 'SGD' else {}))
+    x, y = torch.randn(16, 4, generator=torch.Generator().manual_seed(1)), torch.arange(16) % 2
+    for _ in range(5):
+        for model, optimizer in ((merged_model, merged), (per_tensor_model, per_tensor)):
+            optimizer.zero_grad()
+            out = model.classifier(model.b(model.a(x)).relu())
+            nn.functional.cross_entropy(out, y).backward()
+            optimizer.step()
+    for a, b in zip(*params):
+        assert torch.allclose(a, b, rtol=0, atol=1e-7)
+    assert not torch.equal(params[0][0], TwoLayers().a.weight)  # they did train
 
 
 def test_optimizer_names_and_center_optimizer():
