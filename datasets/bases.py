@@ -10,8 +10,10 @@ Bad images (DATASETS.ON_BAD_IMAGE):
 """
 import logging
 import os
+import random
 from concurrent.futures import ThreadPoolExecutor
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -61,11 +63,25 @@ class ImageDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index):
+        """index, or (index, seed) from a training sampler: the transform then draws from
+        Python's and torch's generators seeded with `seed`, restored afterwards."""
+        index, seed = index if isinstance(index, tuple) else (index, None)
         path, pid, camid, viewid = self.records[index]
         img = read_image(path)
         if self.transform is not None:
-            img = self.transform(img)
+            img = self.transform(img) if seed is None else _seeded(self.transform, img, seed)
         return (img, pid, camid, viewid, path) if self.with_path else (img, pid, camid, viewid)
+
+
+def _seeded(transform, img, seed):
+    state = random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            random.seed(seed)
+            torch.manual_seed(seed)
+            return transform(img)
+    finally:
+        random.setstate(state)
 
 
 def split_statistics(records):

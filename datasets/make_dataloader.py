@@ -65,8 +65,11 @@ def make_dataloader(cfg, training=True):
     """The loaders of a run; `training=False` (evaluation only) builds no train loaders."""
     rank, world = get_rank(), get_world_size()
     dataset = init_dataset(cfg.DATASETS.NAMES, root=cfg.DATASETS.ROOT_DIR, **dataset_kwargs(cfg))
-    common = dict(num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=collate,
-                  pin_memory=torch.cuda.is_available())
+    workers = cfg.DATALOADER.NUM_WORKERS
+    # every loader is iterated more than once (epochs, PCL's extra passes, evaluations):
+    # keep its workers instead of forking new ones for each pass
+    common = dict(num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                  persistent_workers=workers > 0)
     test_transform = build_transforms(cfg, is_train=False)
     train_loader = train_eval_loader = None
     if training:
@@ -74,7 +77,7 @@ def make_dataloader(cfg, training=True):
         train_loader = DataLoader(
             ImageDataset(dataset.train, build_transforms(cfg, is_train=True)),
             batch_size=sampler.per_rank, sampler=sampler, drop_last=True,
-            generator=sampler.generator, **common)
+            generator=torch.Generator(), **common)  # its own: leaves the global one alone
         train_eval_loader = DataLoader(ImageDataset(dataset.train, test_transform),
                                        batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **common)
     records = dataset.query + dataset.gallery

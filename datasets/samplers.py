@@ -5,8 +5,12 @@ the epoch only, no communication) and each rank yields its contiguous share of e
 batch: items [rank * m, (rank + 1) * m) with m = batch_size / world_size. Concatenating the
 ranks' shares in rank order gives back the single-process batch, and the loader's batch size
 is `per_rank`. Call `set_epoch(epoch)` before each pass (resume relies on it); the same seed
-and epoch give the same order. `generator` is reseeded by set_epoch from (seed, epoch, rank):
-give it to the DataLoader so worker augmentation seeds are reproducible too.
+and epoch give the same order.
+
+Each item is `(dataset index, augmentation seed)`: the seed follows from (seed, epoch, the
+item's place in the epoch), and `ImageDataset` draws the item's augmentation from it. So the
+augmentation does not depend on which worker loads the item, on the number of workers or
+processes, or on workers being kept alive across epochs (persistent workers).
 """
 import logging
 from collections import defaultdict
@@ -28,14 +32,11 @@ class GlobalBatchSampler(Sampler):
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.per_rank = batch_size // world_size
-        self.generator = torch.Generator()
         self._cache = (None, None)
         self.set_epoch(0)
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
-        state = np.random.SeedSequence([self.seed % 2**32, self.epoch % 2**32, self.rank])
-        self.generator.manual_seed(int(state.generate_state(1)[0]))
 
     def global_batches(self, epoch=None):
         """The list of global batches (lists of dataset indices) of an epoch."""
@@ -50,8 +51,11 @@ class GlobalBatchSampler(Sampler):
 
     def __iter__(self):
         start = self.rank * self.per_rank
-        for batch in self.global_batches():
-            yield from batch[start:start + self.per_rank]
+        base = (self.seed % 2**31 * 1_000_003 + self.epoch % 2**31) * 1_000_003
+        for b, batch in enumerate(self.global_batches()):
+            first = base + b * self.batch_size + start
+            for offset, index in enumerate(batch[start:start + self.per_rank]):
+                yield index, (first + offset) % 2**63
 
     def __len__(self):
         return len(self.global_batches()) * self.per_rank

@@ -14,6 +14,11 @@ from utils.errors import ReIDError
 
 mdl = importlib.import_module('datasets.make_dataloader')  # the module, not the function
 
+def indices(sampler):
+    """The dataset indices a sampler yields (without their augmentation seeds)."""
+    return [index for index, _ in sampler]
+
+
 def records(counts):
     """Records with len(counts) identities; identity p has counts[p] images."""
     return [(f'{p}_{i}.jpg', p, 0, 0) for p, n in enumerate(counts) for i in range(n)]
@@ -42,7 +47,7 @@ def test_pk_batches_are_p_identities_times_k_images():
     # identities with >= K images never repeat an image within an epoch
     big = [i for i in used if len([r for r in recs if r[1] == recs[i][1]]) >= 4]
     assert len(big) == len(set(big))
-    assert list(sampler) == used and len(sampler) == len(used)
+    assert indices(sampler) == used and len(sampler) == len(used)
 
 
 def test_small_identities_are_sampled_with_replacement():
@@ -58,7 +63,7 @@ def test_small_identities_are_sampled_with_replacement():
 def test_exact_epoch_when_every_identity_has_k_images():
     recs = records([4] * 6)
     sampler = PKSampler(recs, batch_size=8, num_instances=4, seed=5)
-    assert len(sampler.global_batches()) == 3 and sorted(sampler) == list(range(24))
+    assert len(sampler.global_batches()) == 3 and sorted(indices(sampler)) == list(range(24))
 
 
 def test_order_depends_only_on_seed_and_epoch():
@@ -66,8 +71,7 @@ def test_order_depends_only_on_seed_and_epoch():
     a, b = PKSampler(recs, 8, 2, seed=7), PKSampler(recs, 8, 2, seed=7)
     a.set_epoch(3)
     b.set_epoch(3)
-    assert list(a) == list(b)
-    assert a.generator.initial_seed() == b.generator.initial_seed()
+    assert list(a) == list(b)  # indices and augmentation seeds
     first = list(a)
     a.set_epoch(4)
     assert list(a) != first
@@ -87,8 +91,10 @@ def test_ddp_ranks_split_one_single_process_batch(batch, k, world, caplog):
         ranks = [PKSampler(recs, batch, k, seed=11, rank=r, world_size=world) for r in range(world)]
     for sampler in ranks:
         sampler.set_epoch(2)
-    shares = [list(s) for s in ranks]
+    shares = [indices(s) for s in ranks]
     per = batch // world
+    # every item keeps its single-process augmentation seed on whichever rank loads it
+    assert sorted(item for s in ranks for item in s) == sorted(single)
     assert all(len(s) == len(shares[0]) == len(single) // world for s in shares)
     for n, global_batch in enumerate(single.global_batches()):
         parts = [s[n * per:(n + 1) * per] for s in shares]
@@ -103,12 +109,14 @@ def test_ddp_ranks_split_one_single_process_batch(batch, k, world, caplog):
 
 def test_shuffle_sampler_full_batches_seeded_and_sharded():
     single = ShuffleSampler(10, 4, seed=3)
-    assert len(single) == 8 and len(set(single)) == 8  # incomplete last batch dropped
+    assert len(single) == 8 and len(set(indices(single))) == 8  # incomplete last batch dropped
     again = ShuffleSampler(10, 4, seed=3)
     assert list(again) == list(single)
     again.set_epoch(1)
     assert list(again) != list(single)
     halves = [list(ShuffleSampler(10, 4, seed=3, rank=r, world_size=2)) for r in range(2)]
+    seeds = [seed for _, seed in single]
+    assert len(set(seeds)) == len(seeds)  # one augmentation seed per item
     assert halves[0][:2] + halves[1][:2] == list(single)[:4]
 
 
@@ -199,7 +207,7 @@ def test_ddp_shards_of_make_dataloader(demo, monkeypatch):
         monkeypatch.setattr(mdl, 'get_rank', lambda rank=rank: rank)
         data = make_dataloader(make_cfg(root))
         shards.append([p for b in data.val_loader for p in b[4]])
-        trains.append(list(data.train_loader.sampler))
+        trains.append(indices(data.train_loader.sampler))
         assert data.train_loader.batch_size == 2 and len(data.train_eval_loader.dataset) == 18
     assert shards[0] + shards[1] == [r[0] for r in data.dataset.query + data.dataset.gallery]
     assert len(shards[0]) == len(shards[1]) == 11  # (6 query + 12 gallery + 4 distractors) / 2
@@ -230,3 +238,29 @@ def test_evaluation_only_loaders_need_no_valid_training_batch(demo):
     assert data.train_loader is None and data.train_eval_loader is None
     assert len(data.val_loader.dataset) == len(data.dataset.query) + len(data.dataset.gallery)
     assert data.num_classes == data.dataset.num_train_pids
+
+
+def _two_epochs(loader):
+    out = []
+    for epoch in (1, 2):
+        loader.sampler.set_epoch(epoch)
+        out.append(torch.cat([images for images, *_ in loader]))
+    return out
+
+
+def test_augmentation_follows_the_sampler_not_the_workers(demo):
+    """Each item's augmentation is drawn from its own seed: the same images with no workers,
+    or with two workers kept alive across epochs; a new epoch draws new augmentations."""
+    root, _ = demo
+    aug = ('INPUT.PROB', 0.5, 'INPUT.RE_PROB', 0.5)
+    in_process = make_dataloader(make_cfg(root, *aug)).train_loader
+    state = torch.get_rng_state()
+    first = _two_epochs(in_process)
+    assert torch.equal(torch.get_rng_state(), state)  # the training's own generators untouched
+    workers = make_dataloader(make_cfg(root, *aug, 'DATALOADER.NUM_WORKERS', 2)).train_loader
+    assert workers.persistent_workers
+    second = _two_epochs(workers)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    plain = make_dataloader(make_cfg(root, 'INPUT.PROB', 0, 'INPUT.RE_PROB', 0)).train_loader
+    assert not torch.equal(first[0], _two_epochs(plain)[0])  # augmentation did happen
+    assert not torch.equal(first[0], first[1])
