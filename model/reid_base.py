@@ -71,6 +71,10 @@ class ReIDModel(nn.Module):
         if rows < 1:
             raise ReIDError(f'SIE needs camera/view counts >= 1, got {camera_num} cameras, '
                             f'{view_num} views')
+        if self.sie_view and view_num <= 1:
+            logger.warning('MODEL.SIE_VIEW with a single view in the training set: every image '
+                           'gets the same view embedding (VeRi viewpoints come from '
+                           'DATASETS.VIEW_LABELS)')
         self.cv_embed = nn.Parameter(torch.zeros(int(rows), self.in_planes))
         nn.init.trunc_normal_(self.cv_embed, std=0.02)
         logger.info('SIE embedding: %d rows (camera %s, view %s), scale %.2f',

@@ -1,4 +1,5 @@
 """Re-ID adaptations of the CLIP towers and the three models' outputs, on tiny random CLIPs."""
+import logging
 import math
 
 import open_clip
@@ -79,6 +80,17 @@ def test_sie_changes_only_the_class_token(tiny_clip_files):
     expected = 2.0 * model.cv_embed.detach()[[2 * 2 + 1, 0 * 2 + 1]]
     assert torch.allclose(diff[:, 0], expected, atol=1e-6)
     assert not torch.allclose(plain, with_sie)
+
+
+def test_sie_view_with_a_single_view_warns(tiny_clip_files, caplog):
+    path = tiny_clip_files['vit', 'state_dict']
+    with caplog.at_level(logging.WARNING):
+        build(path, 'clipreid', 5, 3, 1, 'MODEL.SIE_VIEW', True)
+    assert 'single view' in caplog.text and 'DATASETS.VIEW_LABELS' in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        build(path, 'clipreid', 5, 3, 8, 'MODEL.SIE_VIEW', True)
+    assert 'single view' not in caplog.text
 
 
 def test_sie_on_a_resnet_is_refused(tiny_clip_files):

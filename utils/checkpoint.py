@@ -39,23 +39,23 @@ def save_weights(model, path):
 
 
 def rng_state():
-    """Every generator's state, as tensors and plain values so weights_only loading works."""
+    """The host generators' states, as tensors and plain values so weights_only loading works.
+
+    No CUDA generator states: every epoch reseeds all generators (CUDA ones included) from
+    SOLVER.SEED, so they are not needed, and a run may resume on fewer or more GPUs.
+    """
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {'python': random.getstate(), 'torch': torch.get_rng_state(),
-             'numpy': (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
+    return {'python': random.getstate(), 'torch': torch.get_rng_state(),
+            'numpy': (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)}
 
 
 def set_rng_state(state):
+    """Restore rng_state(); CUDA states that older files hold are ignored (see rng_state)."""
     version, internal, gauss_next = state['python']
     random.setstate((version, tuple(internal), gauss_next))
     kind, keys, pos, has_gauss, gauss = state['numpy']
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state['torch'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
 
 
 def state_path(output_dir, name, stage):

@@ -30,8 +30,8 @@ def init_distributed(device_type):
     """Join the process group torchrun set up: NCCL on GPU, gloo on CPU. No-op otherwise."""
     if not launched_by_torchrun() or is_dist():
         return
-    if device_type == 'cuda':
-        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
+    if device_type == 'cuda':  # launchers that give each process one GPU: LOCAL_RANK % 1
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count())
     dist.init_process_group(backend='nccl' if device_type == 'cuda' else 'gloo')
     atexit.register(dist.destroy_process_group)  # NCCL warns when a group is never destroyed
 
@@ -50,6 +50,16 @@ def all_gather_tensor(tensor):
     gathered = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
     return torch.cat([g[:int(s.item())] for g, s in zip(gathered, sizes)])
+
+
+def all_gather_equal(tensor):
+    """all_gather_tensor for tensors of the same shape on every rank: one collective, no host
+    synchronisation."""
+    if not is_dist():
+        return tensor
+    out = tensor.new_empty((get_world_size() * tensor.shape[0],) + tuple(tensor.shape[1:]))
+    dist.all_gather_into_tensor(out, tensor.contiguous())
+    return out
 
 
 def average_gradients(params):

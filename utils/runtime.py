@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from config import load_config
+from config.defaults import _C
 from utils import distributed as du
 from utils.errors import ReIDError
 from utils.logger import setup_logger
@@ -49,18 +50,38 @@ def _amp_dtype(cfg, device):
         raise ReIDError(f"SOLVER.AMP must be 'auto', 'bf16', 'fp16' or 'off', not {choice!r}")
     if choice == 'off' or (choice == 'auto' and device.type != 'cuda'):
         return None
-    if choice == 'fp16' or (choice == 'auto' and not torch.cuda.is_bf16_supported()):
+    # 'auto': bf16 only where the GPU has bf16 tensor cores (not emulated, as on V100 / T4)
+    if choice == 'fp16' or (choice == 'auto'
+                            and not torch.cuda.is_bf16_supported(including_emulation=False)):
         return torch.float16
     return torch.bfloat16
+
+
+def _apply_device_id(cfg):
+    """Export MODEL.DEVICE_ID as CUDA_VISIBLE_DEVICES for a single-process CUDA run; returns
+    a note when it cannot apply (torchrun places processes itself; an exported
+    CUDA_VISIBLE_DEVICES wins), or ''."""
+    wanted, visible = str(cfg.MODEL.DEVICE_ID), os.environ.get('CUDA_VISIBLE_DEVICES')
+    if cfg.MODEL.DEVICE != 'cuda':
+        return ''
+    if du.launched_by_torchrun():
+        return '' if wanted == _C.MODEL.DEVICE_ID else (
+            f'MODEL.DEVICE_ID {wanted} is not applied under torchrun: each process takes the '
+            'GPU LOCAL_RANK among CUDA_VISIBLE_DEVICES')
+    if visible is None:
+        os.environ['CUDA_VISIBLE_DEVICES'] = wanted
+        return ''
+    return '' if visible == wanted else (
+        f'MODEL.DEVICE_ID {wanted} is not applied: CUDA_VISIBLE_DEVICES is already {visible!r}')
 
 
 def setup_run(cfg, log_name):
     """Pick the device, join torchrun's process group, seed, and start the log."""
     if cfg.MODEL.DEVICE not in ('cuda', 'cpu'):
         raise ReIDError(f"MODEL.DEVICE must be 'cuda' or 'cpu', not {cfg.MODEL.DEVICE!r}")
-    if (cfg.MODEL.DEVICE == 'cuda' and not du.launched_by_torchrun()
-            and 'CUDA_VISIBLE_DEVICES' not in os.environ):
-        os.environ['CUDA_VISIBLE_DEVICES'] = str(cfg.MODEL.DEVICE_ID)
+    device_note = _apply_device_id(cfg)
+    if cfg.SOLVER.DETERMINISTIC:  # cuBLAS reads it when its first handle is made
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     if cfg.MODEL.DIST_TRAIN and not du.launched_by_torchrun():
         raise ReIDError('MODEL.DIST_TRAIN is True but this process was not started by torchrun; '
                         'run: torchrun --nproc_per_node N <script> ...')
@@ -76,6 +97,8 @@ def setup_run(cfg, log_name):
     logger = setup_logger(cfg.OUTPUT_DIR, log_name, rank)
     if cfg.MODEL.DEVICE == 'cuda' and not use_cuda:
         logger.warning('MODEL.DEVICE is cuda but no GPU is available: running on the CPU')
+    elif use_cuda and device_note:
+        logger.warning(device_note)
     if cfg.SOLVER.DETERMINISTIC:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
