@@ -64,7 +64,9 @@ def load_cfg(config, root, clip, out, *opts):
 
 def run_script(script, config, opts, timeout=240):
     """Run an entry script of the repository; returns its output, failing with it."""
-    env = dict(os.environ, TQDM_DISABLE='1', PYTHONWARNINGS='ignore')
+    # one thread: tiny models gain nothing from more, and busy cores make threads wait
+    env = dict(os.environ, TQDM_DISABLE='1', PYTHONWARNINGS='ignore', OMP_NUM_THREADS='1',
+               MKL_NUM_THREADS='1')
     proc = subprocess.run([sys.executable, script, '--config_file', config_path(config), *opts],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f'{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'

@@ -20,7 +20,7 @@ from model.tiny_clip import save_tiny_clip
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One thread per process: tiny models gain nothing from more, and on a busy 2-core machine
 # threads waiting for each other make a run several times slower.
-ENV = {**os.environ, 'OMP_NUM_THREADS': '1'}
+ENV = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
 NAME = 'tiny-ViT'  # MODEL.NAME: files are <NAME>_<epoch>.pth and <NAME>_<stage>_state.pth
 
 
