@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader
 
-from utils.distributed import get_rank, get_world_size, is_main_process
+from utils.distributed import get_rank, get_world_size, is_main_process, shard
 from utils.errors import ReIDError
 
 from .bases import ImageDataset, ReIDDataset
@@ -16,8 +16,8 @@ from .transforms import build_transforms
 @dataclass
 class DataBundle:
     train_loader: DataLoader | None       # PK / shuffled batches (train transform); None when
-    train_eval_loader: DataLoader | None  # evaluating only. dataset.train in order, test transform
-    val_loader: DataLoader         # query then gallery, test transform, contiguous DDP shards
+    train_eval_loader: DataLoader | None  # evaluating only. dataset.train in order, test
+    val_loader: DataLoader         # transform; query then gallery. Both: DDP shares (shard)
     num_query: int
     num_classes: int
     camera_num: int
@@ -71,6 +71,7 @@ def make_dataloader(cfg, training=True):
     common = dict(num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
                   persistent_workers=workers > 0)
     test_transform = build_transforms(cfg, is_train=False)
+    batch = cfg.TEST.IMS_PER_BATCH  # test-transform loaders hold this rank's share of batches
     train_loader = train_eval_loader = None
     if training:
         sampler = make_train_sampler(cfg, dataset.train, rank, world)
@@ -78,12 +79,13 @@ def make_dataloader(cfg, training=True):
             ImageDataset(dataset.train, build_transforms(cfg, is_train=True)),
             batch_size=sampler.per_rank, sampler=sampler, drop_last=True,
             generator=torch.Generator(), **common)  # its own: leaves the global one alone
-        train_eval_loader = DataLoader(ImageDataset(dataset.train, test_transform),
-                                       batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **common)
-    records = dataset.query + dataset.gallery
-    shard = records[len(records) * rank // world:len(records) * (rank + 1) // world]
-    val_loader = DataLoader(ImageDataset(shard, test_transform, with_path=True),
-                            batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **common)
+        train_eval_loader = DataLoader(ImageDataset(shard(dataset.train, rank, world, batch),
+                                                    test_transform),
+                                       batch_size=batch, shuffle=False, **common)
+    val_loader = DataLoader(
+        ImageDataset(shard(dataset.query + dataset.gallery, rank, world, batch), test_transform,
+                     with_path=True),
+        batch_size=batch, shuffle=False, **common)
     return DataBundle(train_loader, train_eval_loader, val_loader, len(dataset.query),
                       dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_vids,
                       dataset)

@@ -19,8 +19,9 @@ def extract_features(cfg, encode, loader, runtime, desc='features'):
 
     Runs under the run's mixed precision (SOLVER.AMP), as upstream builds its stage-1 cache
     and PCL memory under autocast. Returns float32 features and pids on the run's device.
-    Every rank processes the whole loader and rank 0's result is broadcast, so all ranks hold
-    bit-identical tensors (the PCL memory and CLIP-ReID's caches must agree across ranks).
+    Under DDP each rank encodes its share of the loader (make_dataloader shards it at batch
+    boundaries) and the shares are gathered in rank order: every rank holds the features of
+    the whole set, bit-identical across ranks and to a single process's.
     """
     feats, pids = [], []
     amp = runtime.amp_dtype
@@ -31,10 +32,12 @@ def extract_features(cfg, encode, loader, runtime, desc='features'):
             out = encode(images.to(runtime.device, non_blocking=True), cam, view)
         feats.append(out.float())
         pids.append(pid.to(runtime.device))
-    feats, pids = torch.cat(feats), torch.cat(pids)
     if du.is_dist():
-        torch.distributed.broadcast(feats, 0)
-    return feats, pids
+        dim = max(du.all_gather_object(feats[0].shape[1] if feats else 0))
+        feats = [torch.zeros(0, dim, device=runtime.device)] + feats  # a rank may have none
+        pids = [torch.zeros(0, dtype=torch.int64, device=runtime.device)] + pids
+        return du.all_gather_tensor(torch.cat(feats)), du.all_gather_tensor(torch.cat(pids))
+    return torch.cat(feats), torch.cat(pids)
 
 
 @torch.no_grad()

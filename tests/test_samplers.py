@@ -202,15 +202,19 @@ def test_upstream_pcl_yaml_samples_pk_batches(demo):
 def test_ddp_shards_of_make_dataloader(demo, monkeypatch):
     root, _ = demo
     monkeypatch.setattr(mdl, 'get_world_size', lambda: 2)
-    shards, trains = [], []
+    shards, trains, evals = [], [], []
     for rank in range(2):
         monkeypatch.setattr(mdl, 'get_rank', lambda rank=rank: rank)
         data = make_dataloader(make_cfg(root))
         shards.append([p for b in data.val_loader for p in b[4]])
         trains.append(indices(data.train_loader.sampler))
-        assert data.train_loader.batch_size == 2 and len(data.train_eval_loader.dataset) == 18
+        evals.append([r[0] for r in data.train_eval_loader.dataset.records])
+        assert data.train_loader.batch_size == 2
+    # shares cut at multiples of TEST.IMS_PER_BATCH (5): every batch is a single-process one
     assert shards[0] + shards[1] == [r[0] for r in data.dataset.query + data.dataset.gallery]
-    assert len(shards[0]) == len(shards[1]) == 11  # (6 query + 12 gallery + 4 distractors) / 2
+    assert [len(s) for s in shards] == [10, 12]  # 6 query + 12 gallery + 4 distractors
+    assert evals[0] + evals[1] == [r[0] for r in data.dataset.train]
+    assert [len(e) for e in evals] == [10, 8]  # 18 training images
     assert len(trains[0]) == len(trains[1]) and not set(trains[0]) & set(trains[1])
 
 

@@ -36,10 +36,19 @@ def init_distributed(device_type):
     atexit.register(dist.destroy_process_group)  # NCCL warns when a group is never destroyed
 
 
+def collective_device():
+    """Where a collective's tensors must live: the current GPU under NCCL, else the CPU."""
+    if is_dist() and dist.get_backend() == 'nccl':
+        return torch.device('cuda', torch.cuda.current_device())
+    return torch.device('cpu')
+
+
 def all_gather_tensor(tensor):
-    """Concatenate along dim 0 the tensors of all ranks, in rank order (sizes may differ)."""
+    """Concatenate along dim 0 the tensors of all ranks, in rank order (sizes may differ).
+    The result is on the tensor's device; the exchange happens on collective_device()."""
     if not is_dist():
         return tensor
+    home, tensor = tensor.device, tensor.to(collective_device())
     world = get_world_size()
     size = torch.tensor([tensor.shape[0]], device=tensor.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
@@ -49,7 +58,15 @@ def all_gather_tensor(tensor):
     padded[:tensor.shape[0]] = tensor
     gathered = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
-    return torch.cat([g[:int(s.item())] for g, s in zip(gathered, sizes)])
+    return torch.cat([g[:int(s.item())] for g, s in zip(gathered, sizes)]).to(home)
+
+
+def shard(items, rank, world_size, block=1):
+    """Rank's contiguous share of `items`, cut at multiples of `block` items (a loader's
+    batch size: every batch is then one the single-process loader makes too). Shares in rank
+    order concatenate to `items`."""
+    blocks = -(-len(items) // block)
+    return items[blocks * rank // world_size * block:blocks * (rank + 1) // world_size * block]
 
 
 def all_gather_equal(tensor):
