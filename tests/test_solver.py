@@ -197,6 +197,8 @@ def test_warmup_cosine_hand_values():
 
 @pytest.mark.parametrize('kind', ['multistep', 'cosine'])
 def test_scheduler_state_round_trip(kind):
+    """A resumed run's scheduler takes the saved schedule, even where the new one was built
+    differently: stepping alone would not give these learning rates."""
     solver = _stage1() if kind == 'cosine' else _stage2()
     optimizer, _ = make_optimizer(solver, TinyModel())
     scheduler = make_scheduler(solver, optimizer, kind)
@@ -204,13 +206,20 @@ def test_scheduler_state_round_trip(kind):
         scheduler.step(epoch)
     state = scheduler.state_dict()
     assert 'optimizer' not in state
-    fresh_opt, _ = make_optimizer(solver, TinyModel())
-    fresh = make_scheduler(solver, fresh_opt, kind)
+    other = _solver('SOLVER.BASE_LR', '0.5', 'SOLVER.BIAS_LR_FACTOR', solver.BIAS_LR_FACTOR,
+                    'SOLVER.STEPS', '[2, 3]', 'SOLVER.GAMMA', '0.5', 'SOLVER.WARMUP_ITERS', '0',
+                    'SOLVER.MAX_EPOCHS', '9', 'SOLVER.LR_MIN', '0.1', 'SOLVER.WARMUP_EPOCHS', '0')
+    fresh_opt, _ = make_optimizer(other, TinyModel())
+    fresh = make_scheduler(other, fresh_opt, kind)
+    fresh.step(8)
+    own = fresh.get_last_lr()
     fresh.load_state_dict(state)
-    for epoch in (8, 9, 40):
+    for epoch in (8, 9, 40, 130):
         scheduler.step(epoch)
         fresh.step(epoch)
-        assert fresh.get_last_lr() == scheduler.get_last_lr()
+        assert fresh.get_last_lr() == pytest.approx(scheduler.get_last_lr(), rel=1e-12)
+        if epoch == 8:
+            assert fresh.get_last_lr() != pytest.approx(own)  # the state made the difference
 
 
 def test_scheduler_rejects_bad_config():
