@@ -2,8 +2,9 @@
 
 A method subclasses `Trainer` and writes only what differs: `prepare_epoch` (feature cache,
 text features, centroid memory), `batches` (what one epoch iterates) and `train_step` (the
-loss). LR stepping, mixed precision, logging, NaN checks, evaluation, checkpoints and
-resumable state are written once here.
+loss). LR stepping, mixed precision, logging, curves (utils.training_log), NaN checks,
+evaluation, checkpoints and resumable state are written once here. The last epoch always
+evaluates and saves a checkpoint, whatever EVAL_PERIOD and CHECKPOINT_PERIOD say.
 """
 import os
 import time
@@ -19,6 +20,7 @@ from utils.errors import ReIDError
 from utils.logger import get_logger
 from utils.meter import AverageMeter
 from utils.runtime import seed_everything
+from utils.training_log import TrainingLog
 
 from .inference import do_inference
 
@@ -81,10 +83,17 @@ class Trainer:
         return cam, view
 
     def run(self, start_epoch=1):
+        self.curves = TrainingLog(self.cfg, self.stage, self.iteration if start_epoch > 1 else 0)
+        try:
+            self._run(start_epoch)
+        finally:
+            self.curves.close()
+
+    def _run(self, start_epoch):
         max_epochs = self.solver.MAX_EPOCHS
         if start_epoch == 1 and self.evaluator is not None and self.cfg.TEST.EVAL_BEFORE_TRAIN:
             self.logger.info('Before training:')
-            do_inference(self.cfg, self.model, self.data.val_loader, self.evaluator, self.runtime)
+            self.evaluate(0)
         for epoch in range(start_epoch, max_epochs + 1):
             self.epoch = epoch
             self.step_scheduler(epoch)
@@ -106,6 +115,7 @@ class Trainer:
         batches = self.batches(epoch)
         bar = tqdm(batches, desc=f'{self.stage} epoch {epoch}', leave=False,
                    disable=not du.is_main_process())
+        n_iter = 0
         for n_iter, batch in enumerate(bar, 1):
             batch = self.to_device(batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -126,6 +136,8 @@ class Trainer:
                 meters.setdefault(name, AverageMeter()).update(value, batch[0].shape[0])
             if n_iter % log_period == 0:
                 self.log_progress(epoch, n_iter, meters)
+        if n_iter % log_period:  # the epoch's averages reach the curves at least once
+            self.curves.add(epoch, self.iteration, self.curve_values(meters))
         elapsed = time.perf_counter() - start
         self.logger.info('%s epoch %d done in %.1fs (%.1f samples/s): %s', self.stage, epoch,
                          elapsed, seen / max(elapsed, 1e-9), self.format_meters(meters))
@@ -155,15 +167,28 @@ class Trainer:
     def format_meters(self, meters):
         return ', '.join(f'{name} {meter.avg:.4f}' for name, meter in meters.items())
 
+    def curve_values(self, meters):
+        return {**{f'train/{name}': m.avg for name, m in meters.items()},
+                'train/lr': self.optimizer.param_groups[0]['lr']}
+
     def log_progress(self, epoch, n_iter, meters):
         lr = self.optimizer.param_groups[0]['lr']
         self.logger.info('%s epoch[%d] iteration[%d] %s, base lr %.2e', self.stage, epoch, n_iter,
                          self.format_meters(meters), lr)
+        self.curves.add(epoch, self.iteration, self.curve_values(meters))
+
+    def evaluate(self, epoch):
+        result = do_inference(self.cfg, self.model, self.data.val_loader, self.evaluator,
+                              self.runtime)
+        self.curves.add(epoch, self.iteration,
+                        {f'val/{name}': value for name, value in result.summary().items()})
+        return result
 
     def end_epoch(self, epoch):
-        if self.evaluator is not None and epoch % self.solver.EVAL_PERIOD == 0:
-            do_inference(self.cfg, self.model, self.data.val_loader, self.evaluator, self.runtime)
-        if epoch % self.solver.CHECKPOINT_PERIOD == 0:
+        last = epoch == self.solver.MAX_EPOCHS
+        if self.evaluator is not None and (epoch % self.solver.EVAL_PERIOD == 0 or last):
+            self.evaluate(epoch)
+        if epoch % self.solver.CHECKPOINT_PERIOD == 0 or last:
             self.save_checkpoint(epoch)
 
     # ----- checkpoints -------------------------------------------------------------------

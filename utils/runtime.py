@@ -10,7 +10,9 @@ import torch
 from config import load_config
 from utils import distributed as du
 from utils.errors import ReIDError
-from utils.logger import setup_logger
+from utils.logger import FILE_ONLY, setup_logger
+
+DEVICES = ('cuda', 'cpu', 'auto')
 
 
 @dataclass
@@ -54,17 +56,23 @@ def _amp_dtype(cfg, device):
     return torch.bfloat16
 
 
+def wants_cuda(cfg):
+    """MODEL.DEVICE 'cuda' or 'auto' (a GPU when there is one, silently the CPU otherwise)."""
+    if cfg.MODEL.DEVICE not in DEVICES:
+        raise ReIDError(f'MODEL.DEVICE must be one of {", ".join(map(repr, DEVICES))}, '
+                        f'not {cfg.MODEL.DEVICE!r}')
+    return cfg.MODEL.DEVICE != 'cpu'
+
+
 def setup_run(cfg, log_name):
     """Pick the device, join torchrun's process group, seed, and start the log."""
-    if cfg.MODEL.DEVICE not in ('cuda', 'cpu'):
-        raise ReIDError(f"MODEL.DEVICE must be 'cuda' or 'cpu', not {cfg.MODEL.DEVICE!r}")
-    if (cfg.MODEL.DEVICE == 'cuda' and not du.launched_by_torchrun()
+    if (wants_cuda(cfg) and not du.launched_by_torchrun()
             and 'CUDA_VISIBLE_DEVICES' not in os.environ):
         os.environ['CUDA_VISIBLE_DEVICES'] = str(cfg.MODEL.DEVICE_ID)
     if cfg.MODEL.DIST_TRAIN and not du.launched_by_torchrun():
         raise ReIDError('MODEL.DIST_TRAIN is True but this process was not started by torchrun; '
                         'run: torchrun --nproc_per_node N <script> ...')
-    use_cuda = cfg.MODEL.DEVICE == 'cuda' and torch.cuda.is_available()
+    use_cuda = wants_cuda(cfg) and torch.cuda.is_available()
     if cfg.MODEL.SYNC_BN and du.launched_by_torchrun() and not use_cuda:
         raise ReIDError('MODEL.SYNC_BN needs CUDA (PyTorch has no SyncBatchNorm on CPU); '
                         'set MODEL.SYNC_BN False to keep per-rank BatchNorm')
@@ -82,8 +90,8 @@ def setup_run(cfg, log_name):
     elif use_cuda:
         torch.backends.cudnn.benchmark = True
     seed_everything(cfg.SOLVER.SEED)
-    logger.info('Running on %s (%d process%s)\n%s', device, world, 'es' if world > 1 else '',
-                cfg.dump())
+    logger.info('Running on %s (%d process%s)', device, world, 'es' if world > 1 else '')
+    logger.info('Config:\n%s', cfg.dump(), extra=FILE_ONLY)
     logging.captureWarnings(True)
     amp = _amp_dtype(cfg, device)
     logger.info('Training precision: %s (SOLVER.AMP %s); evaluation in float32',
