@@ -12,9 +12,11 @@ $(VENV)/.installed: requirements.txt
 venv: $(VENV)/.installed
 
 # Generated data and a tiny random CLIP (written once), then PCL training and evaluation.
+# Each `make demo` trains afresh: the previous demo run (output/demo_pcl) is removed first.
 demo: venv
 	$(PY) -m datasets.demo_data --root demo_data --layouts market1501 --ids 60
 	test -f demo_data/tiny_clip_vit.pt || $(PY) -m model.tiny_clip --out demo_data/tiny_clip_vit.pt --arch vit --fmt torchscript
+	rm -rf output/demo_pcl
 	$(PY) train_pcl.py --config_file configs/demo/pcl.yml
 	@echo "Demo done. These numbers come from a tiny randomly initialised CLIP trained on generated"
 	@echo "images (before vs after training), not from real CLIP weights or data. For real data:"

@@ -1,6 +1,4 @@
 """The bodies of the entry scripts: parse, configure, build, run."""
-import os
-
 from config import parse_args
 from datasets import make_dataloader
 from model import infer_method, make_model
@@ -9,8 +7,7 @@ from utils.checkpoint import find_resume_file, load_training_state
 from utils.errors import ReIDError
 from utils.logger import get_logger
 from utils.metrics import make_evaluator
-from utils.run_folder import model_file_name, newest_checkpoint, refuse_earlier_run, \
-    save_run_config
+from utils.run_folder import missing_weight_message, refuse_earlier_run, save_run_config
 from utils.runtime import config_for, setup_run
 
 from .inference import do_inference
@@ -38,17 +35,11 @@ def train_main(method, description):
                      resume_state=load_training_state(resume) if resume else None)
 
 
-def _missing_weight_message(cfg):
-    found = newest_checkpoint(cfg.OUTPUT_DIR, model_file_name(cfg))
-    example = found or os.path.join(cfg.OUTPUT_DIR, f'{model_file_name(cfg)}_60.pth')
-    return f'TEST.WEIGHT is empty: give the checkpoint to evaluate, e.g. TEST.WEIGHT {example}'
-
-
 def test_main(description, rerank=False):
     args = parse_args(description)
     cfg = config_for('', args)
     if not cfg.TEST.WEIGHT:
-        raise ReIDError(_missing_weight_message(cfg))
+        raise ReIDError(missing_weight_message(cfg))
     runtime = setup_run(cfg, 'test_rerank_log.txt' if rerank else 'test_log.txt')
     state_dict = read_state_dict(cfg.TEST.WEIGHT)
     cfg.defrost()

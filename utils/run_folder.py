@@ -59,3 +59,11 @@ def newest_checkpoint(folder, name=''):
     found = [(int(m.group(1)), f) for f in os.listdir(folder)
              if (m := pattern.match(f))] if os.path.isdir(folder) else []
     return os.path.join(folder, max(found)[1]) if found else ''
+
+
+def missing_weight_message(cfg):
+    """What to say when TEST.WEIGHT is empty: an example, the run's newest checkpoint if any."""
+    name = model_file_name(cfg)
+    example = newest_checkpoint(cfg.OUTPUT_DIR, name) or os.path.join(cfg.OUTPUT_DIR,
+                                                                        f'{name}_60.pth')
+    return f'TEST.WEIGHT is empty: give the checkpoint to use, e.g. TEST.WEIGHT {example}'
