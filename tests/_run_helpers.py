@@ -5,6 +5,7 @@ images each; 12 query images; 132 gallery images plus 4 distractors) and a tiny 
 CLIP. Runs are short, on the CPU, without augmentation.
 """
 import fcntl
+import logging
 import os
 import signal
 import subprocess
@@ -31,6 +32,20 @@ def tiny_run(tmp_path_factory):
     generate(str(root / 'data'), layouts=('market1501',), ids=12, per_camera=6, size=(64, 32),
              seed=0)
     return str(root / 'data'), str(save_tiny_clip(root / 'clip.pt', 'vit', 'state_dict'))
+
+
+@pytest.fixture
+def restore_logging():
+    """Scripts run in-process reconfigure the 'reid' logger (console, log file): give the next
+    test the handlers it had before. Use it with autouse in modules that do so."""
+    root, reid = logging.getLogger(), logging.getLogger('reid')
+    saved = (root.handlers[:], root.level, reid.handlers[:], reid.level, reid.propagate)
+    yield
+    for handler in reid.handlers:
+        if handler not in saved[2]:
+            handler.close()
+    root.handlers, root.level = saved[0], saved[1]
+    reid.handlers, reid.level, reid.propagate = saved[2], saved[3], saved[4]
 
 
 def train_opts(tiny, out, *extra):
