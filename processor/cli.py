@@ -29,8 +29,8 @@ def train_main(method, description):
     resume = find_resume_file(cfg, args.resume)
     refuse_earlier_run(cfg, resuming=resume is not None)
     runtime = setup_run(cfg, 'train_log.txt')
-    get_logger().info('config written to %s', save_run_config(cfg))
     data, model = _build(cfg, runtime)
+    get_logger().info('config written to %s', save_run_config(cfg))
     TRAINERS[method](cfg, model, data, runtime,
                      resume_state=load_training_state(resume) if resume else None)
 

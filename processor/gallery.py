@@ -25,9 +25,10 @@ class Gallery:
 
 def save_gallery(path, features, images, extractor):
     """Write features of an ImageList (made by extractor) to path (.npz), atomically."""
+    cfg = extractor.cfg
     arrays = dict(features=np.asarray(features, dtype=np.float32), paths=np.asarray(images.paths),
-                  weight=np.asarray(extractor.weight), method=np.asarray(extractor.cfg.MODEL.METHOD),
-                  input_size=np.asarray(extractor.cfg.INPUT.SIZE_TEST, dtype=np.int64))
+                  weight=np.asarray(extractor.weight), method=np.asarray(cfg.MODEL.METHOD),
+                  input_size=np.asarray(cfg.INPUT.SIZE_TEST, dtype=np.int64))
     for name in ('pids', 'camids'):
         if getattr(images, name) is not None:
             arrays[name] = np.asarray(getattr(images, name), dtype=np.int64)

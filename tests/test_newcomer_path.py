@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from _e2e_helpers import logged_results, read_log
+from _e2e_helpers import demo_root, logged_results, read_log, small_opts, tiny_clip
 from _run_helpers import NAME, restore_logging, run_ok, tiny_run, train_opts  # noqa: F401
 from config import load_config, parse_args
 from datasets import make_dataloader
@@ -173,7 +173,7 @@ def test_a_size_mismatch_names_input_size_train(weight, monkeypatch):
               [*args, 'TEST.WEIGHT', path, 'INPUT.SIZE_TRAIN', '[128,64]'], cli.test_main, 'test')
 
 
-def test_a_missing_sie_embedding_names_the_sie_keys(weight, tiny_run):
+def test_a_missing_sie_embedding_names_the_sie_keys(weight):
     path, args = weight
     cfg = load_config('', [*args, 'MODEL.SIE_CAMERA', 'True'])
     with pytest.raises(ReIDError, match='most likely differs .*: MODEL.SIE_CAMERA'):
@@ -181,7 +181,6 @@ def test_a_missing_sie_embedding_names_the_sie_keys(weight, tiny_run):
 
 
 def test_custom_lists_evaluate_without_a_training_list(tmp_path_factory, tmp_path, monkeypatch):
-    from _e2e_helpers import demo_root, small_opts, tiny_clip
     root = demo_root(tmp_path_factory, ('market1501', 'msmt17', 'veri', 'vehicleid', 'animals',
                                         'custom'), ids=12)
     lists = ['DATASETS.NAMES', 'custom', 'DATASETS.ROOT_DIR', f'{root}/custom',

@@ -51,9 +51,11 @@ def made(tmp_path_factory, name):
         config, arch, method = CASES[name]
         root = demo_root(tmp_path_factory, LAYOUTS, ids=12)
         out = tmp_path_factory.mktemp(f'tools_{name}')
+        # Images are 64 x 32: resizing them to 48 x 32 makes the test transform matter.
         opts = small_opts(root, tiny_clip(tmp_path_factory, arch), out, 'MODEL.METHOD', method,
                           'TEST.IMS_PER_BATCH', 16, 'SOLVER.IMS_PER_BATCH', 8,
-                          'SOLVER.STAGE2.IMS_PER_BATCH', 8)
+                          'SOLVER.STAGE2.IMS_PER_BATCH', 8, 'INPUT.SIZE_TRAIN', '[48, 32]',
+                          'INPUT.SIZE_TEST', '[48, 32]')
         cfg = load_config(config_path(config), opts)
         data = make_dataloader(cfg, training=False)
         torch.manual_seed(1)
@@ -145,7 +147,8 @@ def test_extract_features_script_writes_features_paths_and_labels(tmp_path_facto
     assert list(saved['paths']) == paths[q:]
     assert saved['features'].dtype == np.float32
     assert np.abs(saved['features'] - expected[q:].numpy()).max() <= 1e-6
-    assert (saved['pids'] == pids[q:].numpy()).all() and (saved['camids'] == camids[q:].numpy()).all()
+    assert (saved['pids'] == pids[q:].numpy()).all()
+    assert (saved['camids'] == camids[q:].numpy()).all()
 
 
 def test_extract_features_of_a_folder_has_no_labels(tmp_path_factory, tmp_path, capsys):
