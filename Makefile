@@ -21,6 +21,8 @@ demo: venv
 	@echo "Demo done. These numbers come from a tiny randomly initialised CLIP trained on generated"
 	@echo "images (before vs after training), not from real CLIP weights or data. For real data:"
 	@echo "  python train_pcl.py --config_file configs/pcl/market1501.yml DATASETS.ROOT_DIR /path/to/data"
+	@echo "The run is in output/demo_pcl (README: 'What the output means'); to search, extract"
+	@echo "features or export it, see the README section 'Use a trained model'."
 
 test: venv
 	$(PY) -m pytest -q tests
