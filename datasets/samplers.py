@@ -24,7 +24,6 @@ class GlobalBatchSampler(Sampler):
     """`batch_key` names the config key of the batch size in errors."""
 
     def __init__(self, batch_size, seed=0, rank=0, world_size=1, batch_key='IMS_PER_BATCH'):
-        self.batch_key = batch_key
         if batch_size < 1 or batch_size % world_size:
             raise ReIDError(f'the training batch size {batch_key} ({batch_size}) must be a '
                             f'positive multiple of the number of processes ({world_size})')
