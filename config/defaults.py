@@ -16,7 +16,8 @@ _C.MODEL = CN()
 # Model family: 'clipreid', 'pcl' or 'baseline'; '' lets each script pick its own
 # (test scripts then read it from the checkpoint keys)
 _C.MODEL.METHOD = ''
-# 'cuda' or 'cpu'; 'cuda' falls back to the CPU with a warning when no GPU is present
+# 'cuda', 'cpu' or 'auto'; 'cuda' falls back to the CPU with a warning when no GPU is
+# present, 'auto' takes a GPU when there is one and the CPU otherwise without a warning
 _C.MODEL.DEVICE = 'cuda'
 # Exported as CUDA_VISIBLE_DEVICES by single-process runs (ignored under torchrun)
 _C.MODEL.DEVICE_ID = '0'
@@ -196,6 +197,9 @@ _C.SOLVER.AMP = 'auto'
 _C.SOLVER.RESUME = ''
 # Make CPU/GPU kernels deterministic (slower; used for exact resume checks)
 _C.SOLVER.DETERMINISTIC = False
+# Also write the training curves (losses, learning rate, validation metrics) as TensorBoard
+# event files under OUTPUT_DIR/tensorboard; OUTPUT_DIR/metrics.csv is written either way
+_C.SOLVER.TENSORBOARD = True
 _C.SOLVER.STAGE1 = _stage()
 _C.SOLVER.STAGE2 = _stage()
 

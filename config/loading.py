@@ -100,13 +100,51 @@ def load_config(config_file='', opts=()):
     return cfg
 
 
-def parse_args(description):
-    """The command line every script shares: --config_file FILE [KEY VALUE ...]."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument('--config_file', default='', help='path to a YAML config file')
-    parser.add_argument('--resume', action='store_true',
-                        help='continue from the latest training state in OUTPUT_DIR '
-                             '(SOLVER.RESUME names a file instead)')
+def is_config_key(name):
+    """True when `name` is a key of the config tree (e.g. 'TEST.WEIGHT', 'OUTPUT_DIR')."""
+    node = _C
+    for part in str(name).split('.'):
+        if not isinstance(node, CN) or part not in node:
+            return False
+        node = node[part]
+    return not isinstance(node, CN)
+
+
+def make_parser(description, resume=False):
+    """The options every script shares: --config_file FILE (and --resume for training).
+    Scripts add their own options; KEY VALUE overrides may stand anywhere on the line."""
+    parser = argparse.ArgumentParser(
+        description=description, usage='%(prog)s [--config_file FILE] [options] [KEY VALUE ...]',
+        epilog='KEY VALUE pairs override config keys (e.g. OUTPUT_DIR logs/run1); options may '
+               'come before or after them.')
+    parser.add_argument('--config_file', default='',
+                        help='a YAML config file (also OUTPUT_DIR/config.yaml of a run)')
+    if resume:
+        parser.add_argument('--resume', action='store_true',
+                            help='continue from the latest training state in OUTPUT_DIR '
+                                 '(SOLVER.RESUME names a file instead)')
     parser.add_argument('--local_rank', type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument('opts', nargs=argparse.REMAINDER, help='KEY VALUE config overrides')
-    return parser.parse_args()
+    return parser
+
+
+def _overrides(rest, parser):
+    """The KEY VALUE pairs argparse left over; an option it does not know stops here, rather
+    than being taken for a config key."""
+    for key in rest[0::2]:
+        if key.startswith('-') and not key.lstrip('-').replace('.', '', 1).isdigit():
+            if key.split('=')[0] == '--resume':
+                raise ReIDError(f'{parser.prog} does not train, so it takes no --resume (it '
+                                'evaluates TEST.WEIGHT); --resume belongs to the train scripts')
+            raise ReIDError(f'{parser.prog}: unknown option {key} (see --help)')
+    return list(rest)
+
+
+def parse_args(description, resume=False, parser=None, argv=None):
+    """Parse --config_file FILE, the script's options and KEY VALUE overrides (args.opts).
+
+    `resume`: offer --resume (train scripts); `parser`: a parser from make_parser with the
+    script's own options added."""
+    parser = parser or make_parser(description, resume)
+    args, rest = parser.parse_known_args(argv)
+    args.opts = _overrides(rest, parser)
+    return args

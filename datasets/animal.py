@@ -8,7 +8,8 @@ Config (nothing is hard-coded):
   DATASETS.QUERY_LIST, DATASETS.GALLERY_LIST  probe and gallery lists, paths relative to
                                           TEST_ROOT_DIR
   DATASETS.SPECIES                        'yak', 'elephant', 'tiger', ...: the prompt word
-List paths are looked up under ROOT_DIR, then the working directory. Lines:
+List paths are looked up under ROOT_DIR, then the working directory; evaluation alone (the
+test scripts) needs no TRAIN_LIST. Lines:
 '<relative image path> <label> [more columns, ignored]'; labels may be written '12' or '12.0'.
 
 Protocols: 'animal' (every species but tiger): the query images are part of the gallery, and
@@ -41,18 +42,24 @@ def parse_maybe_labelled(fields, list_path, lineno):
 class Animals(ReIDDataset):
     def __init__(self, root='', verbose=True, on_bad_image='error', species='tiger',
                  data_dir='Animal-Seg-V3', test_root='', train_list='', query_list='',
-                 gallery_list='', **kwargs):
+                 gallery_list='', evaluation_only=False, **kwargs):
         self.species = self.object_word = species
         self.protocol = 'atrw' if species.lower() == 'tiger' else 'animal'
         self.may_be_empty = ('gallery',) if self.protocol == 'atrw' else ()
-        train_dir = require_dir(osp.join(root, data_dir))
+        no_train = evaluation_only and not train_list
+        if no_train:
+            self.may_be_empty += ('train',)
         if not test_root:
             raise ReIDError('DATASETS.TEST_ROOT_DIR is not set (animals: folder of the test images)')
         test_dir = require_dir(test_root if osp.isdir(test_root) else osp.join(root, test_root))
         check = on_bad_image != 'skip'
-        sources = {'train': resolve_file(train_list, [root], 'DATASETS.TRAIN_LIST'),
-                   'query': resolve_file(query_list, [root], 'DATASETS.QUERY_LIST')}
-        train = read_records(sources['train'], train_dir, parse_labelled, check)
+        sources = {'query': resolve_file(query_list, [root], 'DATASETS.QUERY_LIST')}
+        if no_train:
+            train, sources['train'] = [], 'no DATASETS.TRAIN_LIST (evaluation only)'
+        else:
+            sources['train'] = resolve_file(train_list, [root], 'DATASETS.TRAIN_LIST')
+            train = read_records(sources['train'], require_dir(osp.join(root, data_dir)),
+                                 parse_labelled, check)
         if self.protocol == 'atrw':
             query = read_records(sources['query'], test_dir, parse_maybe_labelled, check)
             gallery, sources['gallery'] = [], '(ATRW: the query set itself)'

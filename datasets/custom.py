@@ -22,6 +22,7 @@ spaces or tabs:
 - Blank lines are ignored; a line that does not parse stops with its file and line number.
 
 The prompt word is 'object'; set MODEL.PROMPT_OBJECT (e.g. 'person', 'car') to change it.
+Evaluation alone (the test scripts) needs no TRAIN_LIST.
 """
 from utils.errors import ReIDError
 
@@ -41,12 +42,17 @@ class CustomDataset(ReIDDataset):
     object_word = 'object'
 
     def __init__(self, root='', verbose=True, on_bad_image='error', train_list='',
-                 query_list='', gallery_list='', **kwargs):
+                 query_list='', gallery_list='', evaluation_only=False, **kwargs):
         check = on_bad_image != 'skip'
         sources, splits = {}, {}
+        if evaluation_only and not train_list:
+            self.may_be_empty = ('train',)
+            sources['train'], splits['train'] = 'no DATASETS.TRAIN_LIST (evaluation only)', []
         for split, path, key in (('train', train_list, 'TRAIN_LIST'),
                                  ('query', query_list, 'QUERY_LIST'),
                                  ('gallery', gallery_list, 'GALLERY_LIST')):
+            if split in sources:
+                continue
             sources[split] = resolve_file(path, [root], f'DATASETS.{key}')
             records = read_records(sources[split], root, parse_custom_line, check)
             splits[split] = [r for r in records if r[1] != -1]

@@ -1,4 +1,6 @@
 """make_dataloader(cfg): the dataset, its loaders and the numbers the model needs."""
+import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -11,6 +13,8 @@ from .bases import ImageDataset, ReIDDataset
 from .registry import init_dataset
 from .samplers import PKSampler, ShuffleSampler
 from .transforms import build_transforms
+
+logger = logging.getLogger('reid')
 
 
 @dataclass
@@ -32,16 +36,31 @@ def collate(batch):
     return tuple(out + [list(columns[4])] if len(columns) > 4 else out)
 
 
-def train_batch_size(cfg):
-    """Global PK batch: SOLVER.STAGE2.IMS_PER_BATCH for CLIP-ReID, SOLVER.IMS_PER_BATCH else."""
-    solver = cfg.SOLVER.STAGE2 if cfg.MODEL.METHOD == 'clipreid' else cfg.SOLVER
-    return solver.IMS_PER_BATCH
+def train_batch(cfg):
+    """(config key, size) of the global PK batch: SOLVER.STAGE2.IMS_PER_BATCH for CLIP-ReID
+    (its stage 1 batches cached features), SOLVER.IMS_PER_BATCH else."""
+    if cfg.MODEL.METHOD == 'clipreid':
+        return 'SOLVER.STAGE2.IMS_PER_BATCH', cfg.SOLVER.STAGE2.IMS_PER_BATCH
+    return 'SOLVER.IMS_PER_BATCH', cfg.SOLVER.IMS_PER_BATCH
 
 
-def dataset_kwargs(cfg):
-    """The DATASETS keys every loader may take (each uses the ones it needs)."""
+def num_workers(cfg):
+    """DATALOADER.NUM_WORKERS, at most the CPUs this process may use (torch warns above)."""
+    wanted = cfg.DATALOADER.NUM_WORKERS
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
+    if cpus and wanted > cpus:
+        logger.info('DATALOADER.NUM_WORKERS %d is more than the %d CPUs here: using %d',
+                    wanted, cpus, cpus)
+        return cpus
+    return wanted
+
+
+def dataset_kwargs(cfg, training=True):
+    """The DATASETS keys every loader may take (each uses the ones it needs);
+    evaluation_only lets list-file datasets go without a training list."""
     d = cfg.DATASETS
     return dict(on_bad_image=d.ON_BAD_IMAGE, verbose=is_main_process(),
+                evaluation_only=not training,
                 test_size=d.VEHICLEID_TEST_SIZE, view_labels=d.VIEW_LABELS, species=d.SPECIES,
                 data_dir=d.DATA_DIR, test_root=d.TEST_ROOT_DIR, train_list=d.TRAIN_LIST,
                 query_list=d.QUERY_LIST, gallery_list=d.GALLERY_LIST)
@@ -51,21 +70,22 @@ def make_train_sampler(cfg, records, rank=0, world_size=1):
     """PK identity batches for DATALOADER.SAMPLER 'softmax_triplet' / 'triplet', and always for
     PCL (upstream PCL-CLIP hard-wires its RandomIdentitySampler); shuffled batches for
     'softmax'."""
-    kind, batch = cfg.DATALOADER.SAMPLER, train_batch_size(cfg)
+    kind, (key, batch) = cfg.DATALOADER.SAMPLER, train_batch(cfg)
     if kind not in ('softmax', 'softmax_triplet', 'triplet'):
         raise ReIDError(f"DATALOADER.SAMPLER must be 'softmax', 'softmax_triplet' or 'triplet', "
                         f'got {kind!r}')
     if kind == 'softmax' and cfg.MODEL.METHOD != 'pcl':
-        return ShuffleSampler(len(records), batch, cfg.SOLVER.SEED, rank, world_size)
+        return ShuffleSampler(len(records), batch, cfg.SOLVER.SEED, rank, world_size, key)
     return PKSampler(records, batch, cfg.DATALOADER.NUM_INSTANCE, cfg.SOLVER.SEED,
-                     rank, world_size)
+                     rank, world_size, key)
 
 
 def make_dataloader(cfg, training=True):
     """The loaders of a run; `training=False` (evaluation only) builds no train loaders."""
     rank, world = get_rank(), get_world_size()
-    dataset = init_dataset(cfg.DATASETS.NAMES, root=cfg.DATASETS.ROOT_DIR, **dataset_kwargs(cfg))
-    workers = cfg.DATALOADER.NUM_WORKERS
+    dataset = init_dataset(cfg.DATASETS.NAMES, root=cfg.DATASETS.ROOT_DIR,
+                           **dataset_kwargs(cfg, training))
+    workers = num_workers(cfg)
     # every loader is iterated more than once (epochs, PCL's extra passes, evaluations):
     # keep its workers instead of forking new ones for each pass
     common = dict(num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),

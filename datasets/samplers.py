@@ -25,10 +25,12 @@ logger = logging.getLogger('reid')
 
 
 class GlobalBatchSampler(Sampler):
-    def __init__(self, batch_size, seed=0, rank=0, world_size=1):
+    """`batch_key` names the config key of the batch size in errors."""
+
+    def __init__(self, batch_size, seed=0, rank=0, world_size=1, batch_key='IMS_PER_BATCH'):
         if batch_size < 1 or batch_size % world_size:
-            raise ReIDError(f'the training batch size ({batch_size}) must be a positive '
-                            f'multiple of the number of processes ({world_size})')
+            raise ReIDError(f'the training batch size {batch_key} ({batch_size}) must be a '
+                            f'positive multiple of the number of processes ({world_size})')
         self.batch_size, self.seed = batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.per_rank = batch_size // world_size
@@ -69,11 +71,12 @@ class PKSampler(GlobalBatchSampler):
     Under DDP a rank gets whole identities when (batch_size / world_size) is a multiple of K.
     """
 
-    def __init__(self, records, batch_size, num_instances, seed=0, rank=0, world_size=1):
-        super().__init__(batch_size, seed, rank, world_size)
+    def __init__(self, records, batch_size, num_instances, seed=0, rank=0, world_size=1,
+                 batch_key='IMS_PER_BATCH'):
+        super().__init__(batch_size, seed, rank, world_size, batch_key)
         if num_instances < 1 or batch_size % num_instances:
-            raise ReIDError(f'the PK batch size ({batch_size}) must be a multiple of '
-                            f'DATALOADER.NUM_INSTANCE ({num_instances})')
+            raise ReIDError(f'the PK batch size {batch_key} ({batch_size}) must be a multiple of '
+                            f'DATALOADER.NUM_INSTANCE ({num_instances}): change one of them')
         self.num_instances = num_instances
         self.num_pids_per_batch = batch_size // num_instances
         self.index_by_pid = defaultdict(list)
@@ -81,9 +84,11 @@ class PKSampler(GlobalBatchSampler):
             self.index_by_pid[record[1]].append(index)
         self.pids = sorted(self.index_by_pid)
         if len(self.pids) < self.num_pids_per_batch:
-            raise ReIDError(f'a PK batch of {batch_size} images with DATALOADER.NUM_INSTANCE '
-                            f'{num_instances} needs {self.num_pids_per_batch} identities; the '
-                            f'training set has {len(self.pids)}')
+            raise ReIDError(f'a PK batch of {batch_size} images ({batch_key}) with '
+                            f'DATALOADER.NUM_INSTANCE {num_instances} needs '
+                            f'{self.num_pids_per_batch} identities; the training set has '
+                            f'{len(self.pids)}: lower {batch_key} to at most '
+                            f'{len(self.pids) * num_instances}')
         if self.per_rank % num_instances:
             logger.warning('PK sampler: %d images per process is not a multiple of K=%d; '
                            'some identities are split across processes',
@@ -108,11 +113,12 @@ class ShuffleSampler(GlobalBatchSampler):
     """A seeded random permutation cut into full batches (DATALOADER.SAMPLER 'softmax');
     the incomplete last batch is dropped so every batch (and DDP share) has the same size."""
 
-    def __init__(self, num_samples, batch_size, seed=0, rank=0, world_size=1):
-        super().__init__(batch_size, seed, rank, world_size)
+    def __init__(self, num_samples, batch_size, seed=0, rank=0, world_size=1,
+                 batch_key='IMS_PER_BATCH'):
+        super().__init__(batch_size, seed, rank, world_size, batch_key)
         if num_samples < batch_size:
             raise ReIDError(f'the training set has {num_samples} images, fewer than one '
-                            f'batch ({batch_size})')
+                            f'batch ({batch_key} {batch_size})')
         self.num_samples = num_samples
 
     def _make_batches(self, rng):

@@ -1,23 +1,70 @@
 """Read re-ID checkpoints (plain state_dicts with upstream key names) and load them with checks."""
 import logging
+import zipfile
 
 import torch
 
 from utils.errors import ReIDError
+
+from .clip_weights import check_clip_state_dict, read_clip_file
 
 logger = logging.getLogger(__name__)
 
 # Parameters with one row per training identity: dropped when the identity count differs
 # (a model trained on one dataset and evaluated or fine-tuned on another).
 PER_IDENTITY_KEYS = ('classifier.weight', 'classifier_proj.weight', 'prompt_learner.cls_ctx')
+# The config keys that shape a checkpoint's entries: (key prefix, config keys, why). When a
+# checkpoint does not fit, the first entry matching an offending key is named as the likely
+# cause. Architecture widths come from MODEL.NAME / MODEL.PRETRAIN_PATH (the fallback).
+SHAPING_KEYS = (
+    ('image_encoder.positional_embedding', 'INPUT.SIZE_TRAIN (and MODEL.STRIDE_SIZE)',
+     'the ViT position grid follows the training image size and patch stride'),
+    ('image_encoder.attnpool.positional_embedding', 'INPUT.SIZE_TRAIN (and MODEL.LAST_STRIDE)',
+     'the ResNet attention-pool grid follows the training image size and last stride'),
+    ('cv_embed', 'MODEL.SIE_CAMERA / MODEL.SIE_VIEW',
+     'the SIE embedding exists only with them, one row per camera / view of the dataset'),
+    ('prompt_learner.', 'MODEL.METHOD (or MODEL.PROMPT_N_CTX)',
+     'only CLIP-ReID models have prompts, with PROMPT_N_CTX learned tokens'),
+    ('classifier', 'MODEL.METHOD', 'the classifiers differ between clipreid, pcl and baseline'),
+    ('bottleneck', 'MODEL.NECK', "'no' has no BN-neck layers"),
+)
+
+
+def _clip_file_message(path):
+    return (f'checkpoint {path} holds OpenAI CLIP weights, not a re-ID model: CLIP weights go '
+            'to MODEL.PRETRAIN_PATH; TEST.WEIGHT takes a checkpoint written by training, '
+            'OUTPUT_DIR/<MODEL.NAME>_<epoch>.pth')
+
+
+def _is_clip(state_dict):
+    try:
+        check_clip_state_dict(state_dict, '')
+        return True
+    except ReIDError:
+        return False
+
+
+def _is_torchscript(path):
+    """A TorchScript archive (OpenAI ships CLIP so): a zip holding constants.pkl and code."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith('/constants.pkl') for name in archive.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def read_state_dict(path):
     """The state_dict in a checkpoint file ('module.' prefixes of DDP removed).
 
     A training-state dict with a 'model' entry gives that entry; anything else that is not a
-    mapping of names to tensors (a pickled model, an optimizer state...) is refused.
+    mapping of names to tensors (a pickled model, an optimizer state...) is refused, and a
+    CLIP weights file is named as such.
     """
+    if _is_torchscript(path):
+        if _is_clip(read_clip_file(path)):
+            raise ReIDError(_clip_file_message(path))
+        raise ReIDError(f'checkpoint {path} is a TorchScript archive, not a state_dict; save '
+                        'model.state_dict() instead')
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except FileNotFoundError:
@@ -33,6 +80,8 @@ def read_state_dict(path):
         obj = obj['model']
     if not isinstance(obj, dict) or not obj:
         raise ReIDError(f'checkpoint {path} holds a {type(obj).__name__}, not a state_dict')
+    if _is_clip(obj):
+        raise ReIDError(_clip_file_message(path))
     bad = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ReIDError(f'checkpoint {path} is not a state_dict: entries {", ".join(bad[:5])} '
@@ -56,6 +105,23 @@ def _per_identity_mismatch(key, theirs, ours):
             and theirs.shape[1:] == ours.shape[1:] and theirs.shape[0] != ours.shape[0])
 
 
+def likely_config_key(own, state_dict):
+    """A sentence naming the config key that most likely makes state_dict not fit own ('' when
+    no key explains the difference: another architecture)."""
+    absent = [k for k in own if k not in state_dict] + [k for k in state_dict if k not in own]
+    shapes = [k for k in own if k in state_dict and state_dict[k].shape != own[k].shape]
+    grids = tuple(prefix for prefix, keys, _ in SHAPING_KEYS if keys.startswith('INPUT.'))
+    if any(k.startswith('image_encoder.') and (k in absent or not k.startswith(grids))
+           for k in absent + shapes):
+        return ''  # the image encoders differ: another architecture
+    offending = absent + shapes
+    for prefix, keys, why in SHAPING_KEYS:
+        if any(k.startswith(prefix) for k in offending):
+            return (f'The config key that most likely differs from the training run: {keys} '
+                    f"({why}); pass the run's OUTPUT_DIR/config.yaml as --config_file")
+    return ''
+
+
 def mismatch_report(own, state_dict, ignore=()):
     """'' when state_dict fits own (a model's state_dict) exactly; else every missing,
     unexpected and mis-shaped key, grouped by module when there are many."""
@@ -77,8 +143,11 @@ def load_into(model, state_dict, source):
     state_dict = {k: v for k, v in state_dict.items() if k not in skipped}
     report = mismatch_report(own, state_dict, ignore=skipped)
     if report:
+        hint = likely_config_key(own, state_dict)
+        if hint:
+            raise ReIDError(f'checkpoint {source} does not fit this model: {report}. {hint}')
         raise ReIDError(f'checkpoint {source} does not fit this model (another architecture, '
-                        f'MODEL.METHOD or MODEL.NAME?): {report}')
+                        f'MODEL.NAME or MODEL.PRETRAIN_PATH?): {report}')
     if skipped:
         logger.info('checkpoint %s was trained with another number of identities; kept this '
                     "model's %s", source, ', '.join(skipped))
@@ -104,3 +173,11 @@ def infer_method(state_dict):
         if cls.shape[1] == width + proj:
             return 'pcl'
     return 'baseline'
+
+
+def checkpoint_identities(state_dict):
+    """Number of training identities of a checkpoint (rows of its classifier or prompts)."""
+    for key in ('classifier.weight', 'prompt_learner.cls_ctx'):
+        if key in state_dict:
+            return state_dict[key].shape[0]
+    return 1

@@ -2,9 +2,12 @@
 from config import parse_args
 from datasets import make_dataloader
 from model import infer_method, make_model
+from model.checkpoint import checkpoint_identities, load_into, read_state_dict
 from utils.checkpoint import find_resume_file, load_training_state
 from utils.errors import ReIDError
+from utils.logger import get_logger
 from utils.metrics import make_evaluator
+from utils.run_folder import missing_weight_message, refuse_earlier_run, save_run_config
 from utils.runtime import config_for, setup_run
 
 from .inference import do_inference
@@ -13,19 +16,21 @@ from .recipes import train_baseline, train_clipreid, train_pcl
 TRAINERS = {'clipreid': train_clipreid, 'pcl': train_pcl, 'baseline': train_baseline}
 
 
-def _build(cfg, runtime, training=True):
+def _build(cfg, runtime, training=True, num_classes=None):
     data = make_dataloader(cfg, training)
-    model = make_model(cfg, data.num_classes, data.camera_num, data.view_num,
+    model = make_model(cfg, num_classes or data.num_classes, data.camera_num, data.view_num,
                        object_word=data.dataset.object_word)
     return data, model.to(runtime.device)
 
 
 def train_main(method, description):
-    args = parse_args(description)
+    args = parse_args(description, resume=True)
     cfg = config_for(method, args)
-    runtime = setup_run(cfg, 'train_log.txt')
     resume = find_resume_file(cfg, args.resume)
+    refuse_earlier_run(cfg, resuming=resume is not None)
+    runtime = setup_run(cfg, 'train_log.txt')
     data, model = _build(cfg, runtime)
+    get_logger().info('config written to %s', save_run_config(cfg))
     TRAINERS[method](cfg, model, data, runtime,
                      resume_state=load_training_state(resume) if resume else None)
 
@@ -34,18 +39,16 @@ def test_main(description, rerank=False):
     args = parse_args(description)
     cfg = config_for('', args)
     if not cfg.TEST.WEIGHT:
-        raise ReIDError('TEST.WEIGHT is empty: give the checkpoint to evaluate, '
-                        'e.g. TEST.WEIGHT output/ViT-B-16_60.pth')
-    if not cfg.MODEL.METHOD:
-        cfg.defrost()
-        cfg.MODEL.METHOD = infer_method(cfg.TEST.WEIGHT)
-        cfg.freeze()
-    if rerank and not cfg.TEST.RE_RANKING:
-        cfg.defrost()
-        cfg.TEST.RE_RANKING = True
-        cfg.freeze()
+        raise ReIDError(missing_weight_message(cfg))
     runtime = setup_run(cfg, 'test_rerank_log.txt' if rerank else 'test_log.txt')
-    data, model = _build(cfg, runtime, training=False)
-    model.load_param(cfg.TEST.WEIGHT)
+    state_dict = read_state_dict(cfg.TEST.WEIGHT)
+    cfg.defrost()
+    cfg.MODEL.METHOD = cfg.MODEL.METHOD or infer_method(state_dict)
+    cfg.TEST.RE_RANKING = cfg.TEST.RE_RANKING or rerank
+    cfg.freeze()
+    # The checkpoint's identity count: evaluation needs no training split (custom lists).
+    data, model = _build(cfg, runtime, training=False,
+                         num_classes=checkpoint_identities(state_dict))
+    load_into(model, state_dict, cfg.TEST.WEIGHT)
     evaluator = make_evaluator(cfg, data.num_query, data.dataset.protocol)
     return do_inference(cfg, model, data.val_loader, evaluator, runtime)

@@ -2,8 +2,9 @@
 
 A method subclasses `Trainer` and writes only what differs: `prepare_epoch` (feature cache,
 text features, centroid memory), `batches` (what one epoch iterates) and `train_step` (the
-loss). LR stepping, mixed precision, logging, NaN checks, evaluation, checkpoints and
-resumable state are written once here.
+loss). LR stepping, mixed precision, logging, curves (utils.training_log), NaN checks,
+evaluation, checkpoints and resumable state are written once here. The last epoch always
+evaluates and saves a checkpoint, whatever EVAL_PERIOD and CHECKPOINT_PERIOD say.
 """
 import os
 import time
@@ -17,8 +18,9 @@ from utils import distributed as du
 from utils.checkpoint import atomic_save, rng_state, save_weights, set_rng_state, state_path, unwrap
 from utils.errors import ReIDError
 from utils.logger import get_logger
-from utils.meter import StepMeters
+from utils.meter import StepMeters, format_means
 from utils.runtime import seed_everything
+from utils.training_log import TrainingLog
 
 from .inference import do_inference
 
@@ -84,10 +86,17 @@ class Trainer:
         return cam, view
 
     def run(self, start_epoch=1):
+        self.curves = TrainingLog(self.cfg, self.stage, self.iteration if start_epoch > 1 else 0)
+        try:
+            self._run(start_epoch)
+        finally:
+            self.curves.close()
+
+    def _run(self, start_epoch):
         max_epochs = self.solver.MAX_EPOCHS
         if start_epoch == 1 and self.evaluator is not None and self.cfg.TEST.EVAL_BEFORE_TRAIN:
             self.logger.info('Before training:')
-            do_inference(self.cfg, self.model, self.data.val_loader, self.evaluator, self.runtime)
+            self.evaluate(0)
         for epoch in range(start_epoch, max_epochs + 1):
             self.epoch = epoch
             self.step_scheduler(epoch)
@@ -116,6 +125,7 @@ class Trainer:
         batches = self.batches(epoch)
         bar = tqdm(batches, desc=f'{self.stage} epoch {epoch}', leave=False,
                    disable=not du.is_main_process())
+        n_iter = 0
         for n_iter, batch in enumerate(bar, 1):
             batch = self.to_device(batch)
             self.optimizer.zero_grad(set_to_none=True)
@@ -137,9 +147,12 @@ class Trainer:
                 self.check_finite(epoch)
                 self.log_progress(epoch, n_iter, meters)
         self.check_finite(epoch)
+        means = meters.means()
+        if n_iter % log_period:  # the epoch's averages reach the curves at least once
+            self.curves.add(epoch, self.iteration, self.curve_values(means))
         elapsed = time.perf_counter() - start
         self.logger.info('%s epoch %d done in %.1fs (%.1f samples/s): %s', self.stage, epoch,
-                         elapsed, seen / max(elapsed, 1e-9), meters)
+                         elapsed, seen / max(elapsed, 1e-9), format_means(means))
 
     def step_center_optimizer(self):
         """The centers live outside the DDP model: average their gradients over the ranks
@@ -179,15 +192,29 @@ class Trainer:
         last = self.last_state_file()
         return f'the last good checkpoint is {last}' if last else 'no checkpoint was written yet'
 
+    def curve_values(self, means):
+        return {**{f'train/{name}': value for name, value in means.items()},
+                'train/lr': self.optimizer.param_groups[0]['lr']}
+
     def log_progress(self, epoch, n_iter, meters):
+        means = meters.means()
         lr = self.optimizer.param_groups[0]['lr']
         self.logger.info('%s epoch[%d] iteration[%d] %s, base lr %.2e', self.stage, epoch, n_iter,
-                         meters, lr)
+                         format_means(means), lr)
+        self.curves.add(epoch, self.iteration, self.curve_values(means))
+
+    def evaluate(self, epoch):
+        result = do_inference(self.cfg, self.model, self.data.val_loader, self.evaluator,
+                              self.runtime)
+        self.curves.add(epoch, self.iteration,
+                        {f'val/{name}': value for name, value in result.summary().items()})
+        return result
 
     def end_epoch(self, epoch):
-        if self.evaluator is not None and epoch % self.solver.EVAL_PERIOD == 0:
-            do_inference(self.cfg, self.model, self.data.val_loader, self.evaluator, self.runtime)
-        if epoch % self.solver.CHECKPOINT_PERIOD == 0:
+        last = epoch == self.solver.MAX_EPOCHS
+        if self.evaluator is not None and (epoch % self.solver.EVAL_PERIOD == 0 or last):
+            self.evaluate(epoch)
+        if epoch % self.solver.CHECKPOINT_PERIOD == 0 or last:
             self.save_checkpoint(epoch)
 
     # ----- checkpoints -------------------------------------------------------------------

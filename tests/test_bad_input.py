@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,17 +19,23 @@ from utils.errors import ReIDError, cli_main, one_line
 
 @pytest.fixture
 def out(tmp_path):
-    """An OUTPUT_DIR holding the files of an earlier run."""
+    """An OUTPUT_DIR holding files of earlier work that a run must leave alone: another
+    model's checkpoint and a saved distance matrix (a folder holding a training state of
+    this model is refused before anything else, see test_newcomer_path.py)."""
     folder = tmp_path / 'out'
     folder.mkdir()
-    torch.save({'w': torch.ones(3)}, folder / f'{NAME}_1.pth')
-    torch.save({'model': {'w': torch.ones(3)}, 'epoch': 1}, folder / f'{NAME}_pcl_state.pth')
+    torch.save({'w': torch.ones(3)}, folder / 'RN50_60.pth')
+    np.save(folder / 'dist.npy', np.zeros((2, 2)))
     return folder
+
+
+# What a run may add before it fails in training: its config and the head of its curves.
+RUN_RECORDS = {'config.yaml', 'metrics.csv', 'tensorboard'}
 
 
 def _files(folder):
     return {name: (folder / name).read_bytes() for name in sorted(os.listdir(folder))
-            if not name.endswith('_log.txt')}
+            if not name.endswith('_log.txt') and name not in RUN_RECORDS}
 
 
 def _assert_one_error(script, args, out, *fragments, env=None):

@@ -33,6 +33,7 @@ class ToyTrainer(Trainer):
         self.data_batches = [(torch.randn(8, 4, generator=gen), torch.arange(8) % 2)
                              for _ in range(batches)]
         self.losses = losses or {}
+        self.curves = SimpleNamespace(add=lambda *args: None)  # run() makes the real one
 
     def batches(self, epoch):
         return self.data_batches

@@ -1,20 +1,7 @@
 """The run's log file gets the project's lines and INFO lines of other modules (model.*)."""
 import logging
 
-import pytest
-
 from utils.logger import setup_logger
-
-
-@pytest.fixture(autouse=True)
-def restore_logging():
-    root, reid = logging.getLogger(), logging.getLogger('reid')
-    saved = (root.handlers[:], root.level, reid.handlers[:], reid.level, reid.propagate)
-    yield
-    for handler in reid.handlers:
-        handler.close()
-    root.handlers, root.level = saved[0], saved[1]
-    reid.handlers, reid.level, reid.propagate = saved[2], saved[3], saved[4]
 
 
 def test_rank0_logs_other_modules_info_to_the_file(tmp_path):

@@ -4,6 +4,8 @@ import os
 import sys
 
 LOGGER_NAME = 'reid'
+# logger.info(..., extra=FILE_ONLY) writes to the log file and not to the console.
+FILE_ONLY = {'file_only': True}
 
 
 def setup_logger(output_dir='', log_name='train_log.txt', rank=0):
@@ -19,6 +21,7 @@ def setup_logger(output_dir='', log_name='train_log.txt', rank=0):
     fmt = logging.Formatter('%(asctime)s %(name)s %(levelname)s: %(message)s')
     console = logging.StreamHandler(stream=sys.stdout)
     console.setFormatter(fmt)
+    console.addFilter(lambda record: not getattr(record, 'file_only', False))
     logger.addHandler(console)
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)

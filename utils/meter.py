@@ -26,5 +26,7 @@ class StepMeters:
         values = torch.stack([v.reshape(()) for v in self.sums.values()]).cpu().tolist()
         return {name: v / max(self.count, 1) for name, v in zip(self.sums, values)}
 
-    def __str__(self):
-        return ', '.join(f'{name} {value:.4f}' for name, value in self.means().items())
+
+def format_means(means):
+    """'loss 1.2345, acc 0.5000' for the log."""
+    return ', '.join(f'{name} {value:.4f}' for name, value in means.items())

@@ -65,7 +65,7 @@ class R1_mAP_eval:
                  protocol='standard', distance='euclidean', k1=20, k2=6, lambda_value=0.3,
                  rerank_dist='euclidean', ap_mode='trapezoid', atrw_annotation='',
                  atrw_mode='dedup', vehicleid_trials=10, vehicleid_seed=0, dist_mat_path='',
-                 visualize=0, output_dir=''):
+                 visualize=0, output_dir='', caption=''):
         self.num_query, self.max_rank = num_query, max_rank
         self.feat_norm = _feat_norm(feat_norm)
         self.protocol = _choice('TEST.PROTOCOL', protocol, PROTOCOLS)
@@ -82,6 +82,7 @@ class R1_mAP_eval:
         if self.protocol == 'vehicleid' and vehicleid_trials < 1:
             raise ReIDError(f'TEST.VEHICLEID_TRIALS must be at least 1, got {vehicleid_trials}')
         self.dist_mat_path, self.visualize, self.output_dir = dist_mat_path, visualize, output_dir
+        self.caption = caption  # dataset and checkpoint, for the CMC plot
         self.reset()
 
     def describe(self):
@@ -147,9 +148,8 @@ class R1_mAP_eval:
         if self.dist_mat_path and result.distmat is not None:
             save_distmat(result.distmat, self.dist_mat_path)
         if self.visualize and self.output_dir:
-            from .visualize import plot_cmc, save_rank_lists
-            save_rank_lists(result, os.path.join(self.output_dir, 'rank_lists'), self.visualize)
-            plot_cmc(result.cmc, os.path.join(self.output_dir, 'cmc.png'), title=result.protocol)
+            from .visualize import save_evaluation_pictures
+            save_evaluation_pictures(result, self.output_dir, self.visualize, self.caption)
 
 
 def save_distmat(distmat, path):
@@ -175,4 +175,12 @@ def make_evaluator(cfg, num_query, protocol):
         atrw_mode=t.ATRW_MODE,
         vehicleid_trials=t.VEHICLEID_TRIALS,
         dist_mat_path=os.path.join(cfg.OUTPUT_DIR, t.DIST_MAT) if t.DIST_MAT else '',
-        visualize=t.VISUALIZE, output_dir=cfg.OUTPUT_DIR)
+        visualize=t.VISUALIZE, output_dir=cfg.OUTPUT_DIR, caption=_caption(cfg))
+
+
+def _caption(cfg):
+    """'<dataset> | <checkpoint file>' (the model in training when TEST.WEIGHT is empty)."""
+    d = cfg.DATASETS
+    dataset = f'{d.NAMES} ({d.SPECIES})' if d.NAMES == 'animals' else d.NAMES
+    model = os.path.basename(cfg.TEST.WEIGHT) if cfg.TEST.WEIGHT else 'model in training'
+    return f'{dataset} | {model}'

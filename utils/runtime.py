@@ -11,7 +11,9 @@ from config import load_config
 from config.defaults import _C
 from utils import distributed as du
 from utils.errors import ReIDError
-from utils.logger import setup_logger
+from utils.logger import FILE_ONLY, setup_logger
+
+DEVICES = ('cuda', 'cpu', 'auto')
 
 
 @dataclass
@@ -57,12 +59,20 @@ def _amp_dtype(cfg, device):
     return torch.bfloat16
 
 
+def wants_cuda(cfg):
+    """MODEL.DEVICE 'cuda' or 'auto' (a GPU when there is one, silently the CPU otherwise)."""
+    if cfg.MODEL.DEVICE not in DEVICES:
+        raise ReIDError(f'MODEL.DEVICE must be one of {", ".join(map(repr, DEVICES))}, '
+                        f'not {cfg.MODEL.DEVICE!r}')
+    return cfg.MODEL.DEVICE != 'cpu'
+
+
 def _apply_device_id(cfg):
     """Export MODEL.DEVICE_ID as CUDA_VISIBLE_DEVICES for a single-process CUDA run; returns
     a note when it cannot apply (torchrun places processes itself; an exported
     CUDA_VISIBLE_DEVICES wins), or ''."""
     wanted, visible = str(cfg.MODEL.DEVICE_ID), os.environ.get('CUDA_VISIBLE_DEVICES')
-    if cfg.MODEL.DEVICE != 'cuda':
+    if not wants_cuda(cfg):
         return ''
     if du.launched_by_torchrun():
         return '' if wanted == _C.MODEL.DEVICE_ID else (
@@ -77,15 +87,13 @@ def _apply_device_id(cfg):
 
 def setup_run(cfg, log_name):
     """Pick the device, join torchrun's process group, seed, and start the log."""
-    if cfg.MODEL.DEVICE not in ('cuda', 'cpu'):
-        raise ReIDError(f"MODEL.DEVICE must be 'cuda' or 'cpu', not {cfg.MODEL.DEVICE!r}")
     device_note = _apply_device_id(cfg)
     if cfg.SOLVER.DETERMINISTIC:  # cuBLAS reads it when its first handle is made
         os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
     if cfg.MODEL.DIST_TRAIN and not du.launched_by_torchrun():
         raise ReIDError('MODEL.DIST_TRAIN is True but this process was not started by torchrun; '
                         'run: torchrun --nproc_per_node N <script> ...')
-    use_cuda = cfg.MODEL.DEVICE == 'cuda' and torch.cuda.is_available()
+    use_cuda = wants_cuda(cfg) and torch.cuda.is_available()
     if cfg.MODEL.SYNC_BN and du.launched_by_torchrun() and not use_cuda:
         raise ReIDError('MODEL.SYNC_BN needs CUDA (PyTorch has no SyncBatchNorm on CPU); '
                         'set MODEL.SYNC_BN False to keep per-rank BatchNorm')
@@ -105,8 +113,8 @@ def setup_run(cfg, log_name):
     elif use_cuda:
         torch.backends.cudnn.benchmark = True
     seed_everything(cfg.SOLVER.SEED)
-    logger.info('Running on %s (%d process%s)\n%s', device, world, 'es' if world > 1 else '',
-                cfg.dump())
+    logger.info('Running on %s (%d process%s)', device, world, 'es' if world > 1 else '')
+    logger.info('Config:\n%s', cfg.dump(), extra=FILE_ONLY)
     logging.captureWarnings(True)
     amp = _amp_dtype(cfg, device)
     logger.info('Training precision: %s (SOLVER.AMP %s); evaluation in float32',

@@ -1,0 +1,81 @@
+"""ONNX export of a FeatureExtractor's model.
+
+The graph takes a normalised image batch 'images' [N, 3, H, W] (H, W = INPUT.SIZE_TEST; the
+image resized as the test transform does, scaled to 0..1, minus INPUT.PIXEL_MEAN, divided by
+INPUT.PIXEL_STD; the batch axis is dynamic) and returns 'features' [N, D]: the evaluation
+feature, L2-normalised as the extractor's (TEST.FEAT_NORM). SIE models are exported without
+the camera / view embedding (no label input). The preprocessing is also written into the
+model's metadata (input_size, pixel_mean, pixel_std, resize).
+
+Exported with PyTorch's TorchScript-based exporter (`dynamo=False`), which needs no package
+beyond onnx; onnxruntime checks the result.
+"""
+import os
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from utils.errors import ReIDError
+
+INPUT_NAME, OUTPUT_NAME = 'images', 'features'
+
+
+class ExportedFeatures(nn.Module):
+    """images -> evaluation features (normalised when `normalise`), no SIE labels."""
+
+    def __init__(self, model, normalise):
+        super().__init__()
+        self.model, self.normalise = model, normalise
+
+    def forward(self, images):
+        feats = self.model(images).float()
+        return F.normalize(feats, dim=1) if self.normalise else feats
+
+
+def preprocessing(cfg):
+    """What a serving stack must do to an RGB image before the graph (also in the metadata)."""
+    return {'input_size': 'x'.join(map(str, cfg.INPUT.SIZE_TEST)),
+            'pixel_mean': ','.join(map(str, cfg.INPUT.PIXEL_MEAN)),
+            'pixel_std': ','.join(map(str, cfg.INPUT.PIXEL_STD)),
+            'resize': 'bicubic' if cfg.MODEL.METHOD == 'pcl' else 'bilinear'}
+
+
+def export_onnx(extractor, path, opset=17):
+    """Write extractor's model to path as ONNX; returns the path."""
+    try:
+        import onnx
+    except ImportError:
+        raise ReIDError('ONNX export needs the onnx package: pip install onnx') from None
+    cfg = extractor.cfg
+    model = ExportedFeatures(extractor.model, extractor.normalises).cpu().eval()
+    example = torch.zeros(2, 3, *cfg.INPUT.SIZE_TEST)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with warnings.catch_warnings():  # the legacy exporter and tracing explain themselves at length
+        warnings.simplefilter('ignore')
+        torch.onnx.export(model, (example,), tmp, dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: 'batch'}, OUTPUT_NAME: {0: 'batch'}})
+    graph = onnx.load(tmp)
+    onnx.checker.check_model(graph)
+    for key, value in {**preprocessing(cfg), 'weight': os.path.basename(extractor.weight),
+                       'method': cfg.MODEL.METHOD}.items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, tmp)
+    os.replace(tmp, path)
+    extractor.model.to(extractor.device)
+    return path
+
+
+def onnx_features(path, images):
+    """Run an exported model with onnxruntime on a normalised batch (tensor or array)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ReIDError('running the ONNX model needs onnxruntime: pip install onnxruntime') \
+            from None
+    session = onnxruntime.InferenceSession(path, providers=['CPUExecutionProvider'])
+    batch = images.numpy() if torch.is_tensor(images) else images
+    return session.run([OUTPUT_NAME], {INPUT_NAME: batch.astype('float32')})[0]

@@ -1,0 +1,89 @@
+"""Training curves: losses, learning rate and validation metrics of each stage.
+
+They go to OUTPUT_DIR/metrics.csv, one value per row (stage, epoch, iteration, name, value),
+which a spreadsheet or a plot script reads, and, with SOLVER.TENSORBOARD, to TensorBoard
+event files under OUTPUT_DIR/tensorboard/<stage> (`tensorboard --logdir OUTPUT_DIR`). Names
+are 'train/<loss>', 'train/lr' and 'val/<metric>' (metrics as fractions); the step is the
+stage's iteration. Only rank 0 writes. A stage that starts again (resumed, or a fresh run)
+first drops what an earlier attempt logged after its starting iteration, in both outputs.
+"""
+import csv
+import logging
+import os
+
+from utils import distributed as du
+
+CSV_NAME = 'metrics.csv'
+CSV_COLUMNS = ('stage', 'epoch', 'iteration', 'name', 'value')
+logger = logging.getLogger('reid')
+
+
+def read_metrics(path):
+    """The rows of a metrics.csv as dicts (epoch and iteration int, value float)."""
+    with open(path, newline='') as f:
+        return [dict(row, epoch=int(row['epoch']), iteration=int(row['iteration']),
+                     value=float(row['value'])) for row in csv.DictReader(f)]
+
+
+def _keep_rows(path, keep):
+    """Rewrite path with the rows for which keep(row) is true (atomically)."""
+    rows = [row for row in read_metrics(path) if keep(row)]
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _summary_writer(log_dir, purge_step):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # the package is in requirements.txt; a bare environment may lack it
+        logger.warning('SOLVER.TENSORBOARD is on but the tensorboard package is not installed '
+                       '(pip install tensorboard); curves go to %s only', CSV_NAME)
+        return None
+    return SummaryWriter(log_dir, purge_step=purge_step)
+
+
+class TrainingLog:
+    """Curves of one training stage; `start_iteration` is where it starts (0 when fresh, the
+    resumed state's iteration otherwise). Does nothing off rank 0."""
+
+    def __init__(self, cfg, stage, start_iteration=0):
+        self.stage = stage
+        self.enabled = du.is_main_process() and bool(cfg.OUTPUT_DIR)
+        self.writer = self.csv_file = None
+        if not self.enabled:
+            return
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        self.csv_path = os.path.join(cfg.OUTPUT_DIR, CSV_NAME)
+        fresh = start_iteration == 0
+        if os.path.exists(self.csv_path):
+            _keep_rows(self.csv_path, lambda row: row['stage'] != stage or (
+                not fresh and row['iteration'] <= start_iteration))
+        new_file = not os.path.exists(self.csv_path)
+        self.csv_file = open(self.csv_path, 'a', newline='')
+        self.csv = csv.writer(self.csv_file)
+        if new_file:
+            self.csv.writerow(CSV_COLUMNS)
+        if cfg.SOLVER.TENSORBOARD:
+            self.writer = _summary_writer(os.path.join(cfg.OUTPUT_DIR, 'tensorboard', stage),
+                                          purge_step=0 if fresh else start_iteration + 1)
+
+    def add(self, epoch, iteration, values):
+        """Record {name: float} at (epoch, iteration)."""
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self.csv.writerow((self.stage, epoch, iteration, name, f'{float(value):.6g}'))
+            if self.writer is not None:
+                self.writer.add_scalar(name, float(value), iteration)
+        self.csv_file.flush()
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+        if self.csv_file is not None:
+            self.csv_file.close()
+        self.writer = self.csv_file = None
