@@ -15,7 +15,8 @@ import torch.nn as nn
 
 from .clip_backbone import ClipArch, build_clip
 
-_TEXT = dict(context_length=77, vocab_size=49408, text_width=64, text_heads=1, text_layers=2)
+# Text width 128: two attention heads (OpenAI's loaders read heads as width // 64)
+_TEXT = dict(context_length=77, vocab_size=49408, text_width=128, text_heads=2, text_layers=2)
 # The sizes written for each `arch`; tests compare what the loader infers with these.
 TINY_ARCHS = {
     'vit': ClipArch(embed_dim=32, vision_layers=2, vision_width=64, vision_patch_size=16,
@@ -23,8 +24,6 @@ TINY_ARCHS = {
     'rn': ClipArch(embed_dim=32, vision_layers=(1, 1, 1, 1), vision_width=8,
                    vision_patch_size=None, grid_size=2, **_TEXT),
 }
-# OpenAI's TorchScript archives carry these scalars next to the weights.
-_ARCHIVE_SCALARS = ('input_resolution', 'context_length', 'vocab_size')
 
 
 class _Node(nn.Module):
@@ -67,20 +66,26 @@ def tiny_clip_state_dict(arch='vit', seed=0):
 
 def save_tiny_clip(path, arch='vit', fmt='state_dict', seed=0):
     """Write a tiny random CLIP to path (atomically) and return path."""
+    state_dict, params = tiny_clip_state_dict(arch, seed)
+    return write_openai_clip(path, state_dict, params, fmt, TINY_ARCHS[arch].image_size)
+
+
+def write_openai_clip(path, state_dict, param_names, fmt='state_dict', image_size=224):
+    """Write CLIP weights with OpenAI's keys as OpenAI ships them (atomically): a plain
+    state_dict, or a TorchScript archive whose parameters are `param_names`, beside the
+    scalars OpenAI's archives carry. Returns path."""
     if fmt not in ('state_dict', 'torchscript'):
         raise ValueError(f"fmt must be 'state_dict' or 'torchscript', got {fmt!r}")
-    state_dict, params = tiny_clip_state_dict(arch, seed)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f'{path}.{os.getpid()}.part'
     try:
         if fmt == 'state_dict':
             torch.save(state_dict, tmp)
         else:
-            spec = TINY_ARCHS[arch]
-            scalars = {'input_resolution': torch.tensor(spec.image_size),
-                       'context_length': torch.tensor(spec.context_length),
-                       'vocab_size': torch.tensor(spec.vocab_size)}
-            archive = _as_archive(state_dict, params, scalars)
+            scalars = {'input_resolution': torch.tensor(image_size),
+                       'context_length': torch.tensor(state_dict['positional_embedding'].shape[0]),
+                       'vocab_size': torch.tensor(state_dict['token_embedding.weight'].shape[0])}
+            archive = _as_archive(state_dict, param_names, scalars)
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore', FutureWarning)
                 torch.jit.save(archive, tmp)

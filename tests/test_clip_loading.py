@@ -5,15 +5,17 @@ import os
 import urllib.error
 import warnings
 
+import open_clip
 import pytest
 import torch
 
 from _model_fixtures import tiny_clip_files  # noqa: F401 (fixture)
-from model import clip_weights
+from config import load_config
+from model import clip_weights, load_clip, make_model
 from model.clip_backbone import clip_from_state_dict, infer_clip_arch
 from model.clip_weights import (canonical_name, load_clip_state_dict, official_url,
                                 read_clip_file)
-from model.tiny_clip import TINY_ARCHS, save_tiny_clip
+from model.tiny_clip import TINY_ARCHS, save_tiny_clip, write_openai_clip
 from utils.errors import ReIDError
 
 
@@ -39,7 +41,7 @@ def test_both_formats_hold_the_same_weights(tiny_clip_files):
     scripted = read_clip_file(tiny_clip_files['vit', 'torchscript'])
     assert set(scripted) == set(plain) | {'input_resolution', 'context_length', 'vocab_size'}
     assert all(torch.equal(plain[k], scripted[k]) for k in plain)
-    assert plain['token_embedding.weight'].shape == (49408, 64)
+    assert plain['token_embedding.weight'].shape == (49408, 128)
     assert plain['visual.conv1.weight'].dtype == torch.float16  # as OpenAI ships them
 
 
@@ -137,3 +139,57 @@ def test_cli_writes_a_torchscript_archive(tmp_path):
     assert torch.equal(read_clip_file(str(out))['visual.attnpool.positional_embedding'],
                        read_clip_file(save_tiny_clip(tmp_path / 'b.pt', 'rn', seed=3))[
                            'visual.attnpool.positional_embedding'])
+
+
+# ---------------------------------------------- full-size CLIPs built by open_clip itself
+FULL_SIZE = {'ViT-B-16': ('ViT-B-16-quickgelu', 12, 8), 'RN50': ('RN50-quickgelu', 32, 8)}
+
+
+@pytest.fixture(scope='session')
+def full_size_clips(tmp_path_factory):
+    """{name: (open_clip model holding the written weights, {fmt: path})}: random full-size
+    CLIPs from open_clip's own factory (its head counts, not our loader's inference), written
+    once per session in both OpenAI formats with fp16 weights, as OpenAI ships them."""
+    folder, out = tmp_path_factory.mktemp('full_size_clip'), {}
+    for name, (factory_name, vision_heads, text_heads) in FULL_SIZE.items():
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            reference = open_clip.create_model(factory_name, pretrained=None)
+        assert _heads(reference) == (vision_heads, text_heads)
+        state_dict = {k: v.half() if v.is_floating_point() else v
+                      for k, v in reference.state_dict().items()}
+        reference.load_state_dict(state_dict)  # the fp16-rounded weights, in fp32
+        params = {n for n, _ in reference.named_parameters()}
+        out[name] = (reference.eval(), {
+            fmt: write_openai_clip(str(folder / f'{name}_{fmt}.pt'), state_dict, params, fmt)
+            for fmt in ('state_dict', 'torchscript')})
+    return out
+
+
+def _heads(model):
+    visual = model.visual
+    vision = (visual.attnpool.num_heads if hasattr(visual, 'attnpool')
+              else visual.transformer.resblocks[0].attn.num_heads)
+    return vision, model.transformer.resblocks[0].attn.num_heads
+
+
+@pytest.mark.parametrize('fmt', ['state_dict', 'torchscript'])
+@pytest.mark.parametrize('name', list(FULL_SIZE))
+def test_full_size_clips_load_with_their_real_heads(full_size_clips, name, fmt):
+    """make_model on open_clip's own ViT-B/16 and RN50: the same image and text features at
+    the native resolution (224, ViT stride 16, ResNet last stride 2)."""
+    reference, paths = full_size_clips[name]
+    cfg = load_config('', ['MODEL.NAME', name, 'MODEL.PRETRAIN_PATH', paths[fmt],
+                           'MODEL.LAST_STRIDE', 2, 'MODEL.METHOD', 'clipreid',
+                           'INPUT.SIZE_TRAIN', '[224, 224]', 'INPUT.SIZE_TEST', '[224, 224]'])
+    model = make_model(cfg, 3, 1, 1, object_word='person').eval()
+    clip_model, arch = load_clip(cfg)
+    assert _heads(clip_model) == _heads(reference)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    tokens = open_clip.tokenize(['a photo of a person.', 'a tiger'])
+    with torch.no_grad():
+        image = model.image_encoder(x)[2]
+        text = model.text_encoder(clip_model.token_embedding(tokens), tokens)
+        assert torch.allclose(image, reference.encode_image(x), atol=1e-4, rtol=1e-4)
+        assert torch.allclose(text, reference.encode_text(tokens), atol=1e-4, rtol=1e-4)

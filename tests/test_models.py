@@ -151,8 +151,8 @@ def test_prompt_and_text_encoder_match_clip(tiny_clip_files):
     path = tiny_clip_files['vit', 'state_dict']
     model = build(path, 'clipreid', 4)
     learner = model.prompt_learner
-    assert learner.cls_ctx.shape == (4, 4, 64)
-    assert learner.token_prefix.shape == (1, 5, 64) and learner.token_suffix.shape == (1, 68, 64)
+    assert learner.cls_ctx.shape == (4, 4, 128)
+    assert learner.token_prefix.shape == (1, 5, 128) and learner.token_suffix.shape == (1, 68, 128)
     table = read_clip_file(path)['token_embedding.weight'].float()
     person, x_id = open_clip.tokenize('person')[0, 1], open_clip.tokenize('X')[0, 1]
     assert torch.equal(learner.token_suffix[0, 0], table[person])
@@ -178,7 +178,7 @@ def test_prompt_object_and_context_length_options(tiny_clip_files):
     table = read_clip_file(path)['token_embedding.weight'].float()
     vehicle = open_clip.tokenize('vehicle')[0, 1]
     assert model.prompt_learner.text == 'A photo of a X X vehicle.'
-    assert model.prompt_learner.cls_ctx.shape == (3, 2, 64)
+    assert model.prompt_learner.cls_ctx.shape == (3, 2, 128)
     assert torch.equal(model.prompt_learner.token_suffix[0, 0], table[vehicle])
 
 
