@@ -65,7 +65,7 @@ def vit(tmp_path_factory):
 def test_stage1_loss_falls(vit):
     losses = epoch_losses(vit.log, 'stage1')
     assert len(losses) == E1
-    assert losses[-1] < 0.8 * losses[0], losses
+    assert 0 < losses[-1] < 0.8 * losses[0], losses  # SupCon terms are positive
 
 
 def test_stage1_is_adam_with_warmup_cosine_from_the_stage1_keys(vit):
@@ -116,6 +116,11 @@ def test_test_script_reproduces_the_final_validation(vit):
         assert scripted[0][name] == pytest.approx(value, abs=6e-4)
 
 
+# ResNet, 2 stage-1 and 6 stage-2 epochs, seeds 0-3: mAP after stage 1 0.036-0.160, after
+# stage 2 0.161-0.400, gains 0.105-0.240, at least 2.5 times.
+RN_MARGIN = 0.08
+
+
 def test_resnet_clipreid_trains_and_evaluates(tmp_path_factory):
     """train_clipreid.py with configs/person/cnn_clipreid.yml on a tiny ResNet CLIP."""
     root, clip = demo_root(tmp_path_factory), tiny_clip(tmp_path_factory, 'rn')
@@ -123,18 +128,17 @@ def test_resnet_clipreid_trains_and_evaluates(tmp_path_factory):
     opts = small_opts(root, clip, out, 'TEST.EVAL_BEFORE_TRAIN', 'True',
                       'SOLVER.STAGE1.IMS_PER_BATCH', 32, 'SOLVER.STAGE1.MAX_EPOCHS', 2,
                       'SOLVER.STAGE1.WARMUP_EPOCHS', 1, 'SOLVER.STAGE1.CHECKPOINT_PERIOD', 2,
-                      'SOLVER.STAGE2.IMS_PER_BATCH', 32, 'SOLVER.STAGE2.MAX_EPOCHS', 2,
-                      'SOLVER.STAGE2.WARMUP_ITERS', 1, 'SOLVER.STAGE2.EVAL_PERIOD', 2,
-                      'SOLVER.STAGE2.CHECKPOINT_PERIOD', 2)
+                      'SOLVER.STAGE2.IMS_PER_BATCH', 32, 'SOLVER.STAGE2.MAX_EPOCHS', 6,
+                      'SOLVER.STAGE2.WARMUP_ITERS', 1, 'SOLVER.STAGE2.STEPS', '[7]',
+                      'SOLVER.STAGE2.EVAL_PERIOD', 6, 'SOLVER.STAGE2.CHECKPOINT_PERIOD', 6)
     log = run_script('train_clipreid.py', 'person/cnn_clipreid.yml', opts)
     s1, s2 = epoch_losses(log, 'stage1'), epoch_losses(log, 'stage2')
-    assert len(s1) == 2 and len(s2) == 2 and all(map(math.isfinite, s1 + s2))
-    results = logged_results(log)  # before stage 2, after it
-    assert len(results) == 2 and all(list(r) == ['mAP', 'Rank-1', 'Rank-5', 'Rank-10']
-                                     for r in results)
+    assert len(s1) == 2 and len(s2) == 6 and all(x > 0 for x in s1 + s2) and s2[-1] < s2[0]
+    before, after = logged_results(log)  # before stage 2, after it
+    assert list(before) == list(after) == ['mAP', 'Rank-1', 'Rank-5', 'Rank-10']
+    assert after['mAP'] >= before['mAP'] + RN_MARGIN and after['mAP'] >= 2 * before['mAP']
     stage1 = torch.load(out / 'RN50_stage1_2.pth', weights_only=True)
-    final = torch.load(out / 'RN50_2.pth', weights_only=True)
+    final = torch.load(out / 'RN50_6.pth', weights_only=True)
     changed = changed_keys(stage1, final)
     assert {'image_encoder.conv1.weight', 'image_encoder.attnpool.c_proj.weight'} <= changed
     assert not {k for k in changed if k.startswith(('prompt_learner.', 'text_encoder.'))}
-    assert results[1] != results[0]

@@ -53,7 +53,7 @@ def test_pcl_raises_map_well_above_untrained(vit):
     assert list(before) == list(after) == ['mAP', 'Rank-1', 'Rank-5', 'Rank-10']
     assert after['mAP'] >= before['mAP'] + MARGIN and after['mAP'] >= 2 * before['mAP']
     losses = epoch_losses(log, 'pcl')
-    assert len(losses) == EPOCHS and losses[-1] < 0.6 * losses[0]
+    assert len(losses) == EPOCHS and 0 < losses[-1] < 0.6 * losses[0]
 
 
 def test_solver_iters_batches_make_one_epoch(vit):
@@ -70,18 +70,23 @@ def test_patch_projection_is_frozen(vit):
         assert not torch.equal(weights[f'image_encoder.{key}'], clip[f'visual.{key}'].float())
 
 
+# ResNet, 6 epochs of 10 iterations, seeds 0-3: untrained mAP 0.038-0.120, trained
+# 0.121-0.271, gains 0.073-0.151, at least 2.1 times the untrained mAP.
+RN_EPOCHS, RN_ITERS, RN_MARGIN = 6, 10, 0.05
+
+
 def test_pcl_trains_a_resnet_clip(tmp_path_factory):
     """Upstream PCL-CLIP only builds ViTs; here the ResNet trains too (nothing is frozen)."""
-    log, weights, clip = train_pcl(tmp_path_factory, 'rn', epochs=2, iters=4)
+    log, weights, clip = train_pcl(tmp_path_factory, 'rn', epochs=RN_EPOCHS, iters=RN_ITERS)
     before, after = logged_results(log)
     assert list(after) == ['mAP', 'Rank-1', 'Rank-5', 'Rank-10']
+    assert after['mAP'] >= before['mAP'] + RN_MARGIN and after['mAP'] >= 1.8 * before['mAP']
     losses = epoch_losses(log, 'pcl')
-    assert len(losses) == 2 and all(map(math.isfinite, losses))
+    assert len(losses) == RN_EPOCHS and 0 < losses[-1] < losses[0]
     assert not torch.equal(weights['image_encoder.conv1.weight'],
                            clip['visual.conv1.weight'].float())
     rn = TINY_ARCHS['rn']  # 30 identities; the classifier reads cat(feature, projection)
     assert weights['classifier.weight'].shape == (30, rn.feature_dim + rn.embed_dim)
-    assert after != before
 
 
 def pcl_trainer(tmp_path_factory, *opts):
