@@ -133,10 +133,13 @@ _C.DATALOADER.SAMPLER = 'softmax'
 _C.DATALOADER.NUM_INSTANCE = 16
 
 
-def _stage():
-    """Solver keys shared by CLIP-ReID's two stages and PCL-CLIP's flat SOLVER.
+def _stage(schedule):
+    """A solver node: the keys every stage reads, plus those of its schedule.
 
-    Defaults equal the upstream ones, so upstream YAMLs that leave a key out behave the same.
+    'multistep' (PCL-CLIP's and the baseline's flat SOLVER, CLIP-ReID's STAGE2: warmup then
+    steps, evaluation, center loss) or 'cosine' (CLIP-ReID's STAGE1: warmup then cosine, no
+    evaluation). Defaults equal the upstream ones, so upstream YAMLs that leave a key out
+    behave the same.
     """
     node = CN()
     # Global batch size (split across DDP ranks)
@@ -156,9 +159,16 @@ def _stage():
     # Weight decay of weights / of biases
     node.WEIGHT_DECAY = 0.0005
     node.WEIGHT_DECAY_BIAS = 0.0005
-    # Center loss: SGD learning rate of the centers and loss weight
-    node.CENTER_LR = 0.5
-    node.CENTER_LOSS_WEIGHT = 0.0005
+    # Save a checkpoint every N epochs
+    node.CHECKPOINT_PERIOD = 10
+    # Log every N iterations
+    node.LOG_PERIOD = 100
+    if schedule == 'cosine':
+        # Cosine schedule: warmup epochs, warmup start lr, final lr
+        node.WARMUP_EPOCHS = 5
+        node.WARMUP_LR_INIT = 0.01
+        node.LR_MIN = 0.000016
+        return node
     # Multistep schedule: decay factor and epochs
     node.GAMMA = 0.1
     node.STEPS = (40, 70)
@@ -166,23 +176,18 @@ def _stage():
     node.WARMUP_FACTOR = 0.01
     node.WARMUP_ITERS = 500
     node.WARMUP_METHOD = 'linear'
-    # Cosine schedule (stage 1): warmup epochs, warmup start lr, final lr
-    node.WARMUP_EPOCHS = 5
-    node.WARMUP_LR_INIT = 0.01
-    node.LR_MIN = 0.000016
-    # Save a checkpoint every N epochs
-    node.CHECKPOINT_PERIOD = 10
-    # Log every N iterations
-    node.LOG_PERIOD = 100
-    # Evaluate every N epochs
+    # Evaluate every N epochs (and after the last one)
     node.EVAL_PERIOD = 10
+    # Center loss: SGD learning rate of the centers and loss weight
+    node.CENTER_LR = 0.5
+    node.CENTER_LOSS_WEIGHT = 0.0005
     return node
 
 
 # -----------------------------------------------------------------------------
 # SOLVER: flat keys (PCL-CLIP, baseline) plus STAGE1 / STAGE2 (CLIP-ReID)
 # -----------------------------------------------------------------------------
-_C.SOLVER = _stage()
+_C.SOLVER = _stage('multistep')
 # Random seed
 _C.SOLVER.SEED = 1234
 # Triplet loss margin
@@ -200,8 +205,8 @@ _C.SOLVER.DETERMINISTIC = False
 # Also write the training curves (losses, learning rate, validation metrics) as TensorBoard
 # event files under OUTPUT_DIR/tensorboard; OUTPUT_DIR/metrics.csv is written either way
 _C.SOLVER.TENSORBOARD = True
-_C.SOLVER.STAGE1 = _stage()
-_C.SOLVER.STAGE2 = _stage()
+_C.SOLVER.STAGE1 = _stage('cosine')
+_C.SOLVER.STAGE2 = _stage('multistep')
 
 # -----------------------------------------------------------------------------
 # TEST

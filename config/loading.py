@@ -17,7 +17,8 @@ _STAGES = ('SOLVER.', 'SOLVER.STAGE1.', 'SOLVER.STAGE2.')
 # so they are accepted, dropped with a warning, and never silently pretend to work.
 INERT_UPSTREAM_KEYS = frozenset(
     ['MODEL.DROP_PATH', 'MODEL.DROP_OUT', 'MODEL.ATT_DROP_RATE', 'MODEL.TRANSFORMER_TYPE',
-     'MODEL.COS_LAYER', 'DATASETS.ATTR_PATH', 'DATASETS.ATTR_NUM', 'TEST.EVAL']
+     'MODEL.COS_LAYER', 'DATASETS.ATTR_PATH', 'DATASETS.ATTR_NUM', 'TEST.EVAL',
+     'SOLVER.STAGE1.WARMUP_METHOD']  # stage 1's cosine schedule has no warmup method
     + [stage + key for stage in _STAGES for key in (
         'COSINE_MARGIN', 'COSINE_SCALE', 'CLUSTER_MARGIN', 'RANGE_K', 'RANGE_MARGIN',
         'RANGE_ALPHA', 'RANGE_BETA', 'RANGE_LOSS_WEIGHT')])

@@ -47,9 +47,11 @@ def train_opts(tiny, out, *extra):
     }
     for solver in ('SOLVER', 'SOLVER.STAGE1', 'SOLVER.STAGE2'):
         opts.update({f'{solver}.IMS_PER_BATCH': '8', f'{solver}.MAX_EPOCHS': '2',
-                     f'{solver}.WARMUP_ITERS': '1', f'{solver}.WARMUP_EPOCHS': '1',
-                     f'{solver}.CHECKPOINT_PERIOD': '1', f'{solver}.EVAL_PERIOD': '100',
-                     f'{solver}.LOG_PERIOD': '1'})
+                     f'{solver}.CHECKPOINT_PERIOD': '1', f'{solver}.LOG_PERIOD': '1'})
+        if solver == 'SOLVER.STAGE1':  # warmup then cosine
+            opts[f'{solver}.WARMUP_EPOCHS'] = '1'
+        else:  # warmup then steps, evaluation
+            opts.update({f'{solver}.WARMUP_ITERS': '1', f'{solver}.EVAL_PERIOD': '100'})
     opts.update(zip(extra[0::2], map(str, extra[1::2])))
     return [str(x) for pair in opts.items() for x in pair]
 

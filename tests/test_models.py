@@ -191,3 +191,4 @@ def test_unknown_method_and_options_are_refused(tiny_clip_files):
         with pytest.raises(ReIDError, match=match):
             make_model(make_cfg(path, *opts), 5, 3, 2)
 
+

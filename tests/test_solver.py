@@ -79,6 +79,14 @@ def test_merged_groups_train_as_per_tensor_groups(name):
     assert not torch.equal(params[0][0], TwoLayers().a.weight)  # they did train
 
 
+def test_every_stage_takes_its_own_sgd_momentum():
+    solver = _solver('SOLVER.STAGE1.OPTIMIZER_NAME', 'SGD', 'SOLVER.STAGE1.MOMENTUM', '0.7',
+                     'SOLVER.STAGE2.OPTIMIZER_NAME', 'SGD', 'SOLVER.STAGE2.MOMENTUM', '0.8')
+    for node, momentum in ((solver.STAGE1, 0.7), (solver.STAGE2, 0.8)):
+        optimizer, _ = make_optimizer(node, TinyModel())
+        assert {g['momentum'] for g in optimizer.param_groups} == {momentum}
+
+
 def test_optimizer_names_and_center_optimizer():
     center = CenterLoss(3, 2)
     solver = _solver('SOLVER.STAGE2.OPTIMIZER_NAME', 'AdamW', 'SOLVER.STAGE2.CENTER_LR', '0.5')
@@ -206,9 +214,13 @@ def test_scheduler_state_round_trip(kind):
         scheduler.step(epoch)
     state = scheduler.state_dict()
     assert 'optimizer' not in state
-    other = _solver('SOLVER.BASE_LR', '0.5', 'SOLVER.BIAS_LR_FACTOR', solver.BIAS_LR_FACTOR,
-                    'SOLVER.STEPS', '[2, 3]', 'SOLVER.GAMMA', '0.5', 'SOLVER.WARMUP_ITERS', '0',
-                    'SOLVER.MAX_EPOCHS', '9', 'SOLVER.LR_MIN', '0.1', 'SOLVER.WARMUP_EPOCHS', '0')
+    if kind == 'cosine':
+        other = _solver('SOLVER.STAGE1.BASE_LR', '0.5', 'SOLVER.STAGE1.MAX_EPOCHS', '9',
+                        'SOLVER.STAGE1.LR_MIN', '0.1', 'SOLVER.STAGE1.WARMUP_EPOCHS', '0').STAGE1
+    else:
+        other = _solver('SOLVER.BASE_LR', '0.5', 'SOLVER.BIAS_LR_FACTOR', solver.BIAS_LR_FACTOR,
+                        'SOLVER.STEPS', '[2, 3]', 'SOLVER.GAMMA', '0.5',
+                        'SOLVER.WARMUP_ITERS', '0')
     fresh_opt, _ = make_optimizer(other, TinyModel())
     fresh = make_scheduler(other, fresh_opt, kind)
     fresh.step(8)
