@@ -73,6 +73,9 @@ _C.MODEL.MEMORY_MOMENTUM = 0.2
 _C.MODEL.PCL_TEMPERATURE = 0.05
 # PCL: memory update from the 'hard' (least similar) sample or the batch 'mean'
 _C.MODEL.MEMORY_UPDATE = 'hard'
+# PCL: train without identity labels: pseudo-identities from clustering the training set
+# (CLUSTER.*); the train labels are never read and the ID loss is dropped
+_C.MODEL.UNSUPERVISED = False
 
 # -----------------------------------------------------------------------------
 # INPUT
@@ -195,6 +198,30 @@ _C.SOLVER.RESUME = ''
 _C.SOLVER.DETERMINISTIC = False
 _C.SOLVER.STAGE1 = _stage()
 _C.SOLVER.STAGE2 = _stage()
+
+# -----------------------------------------------------------------------------
+# CLUSTER: pseudo-identities of unsupervised training (MODEL.UNSUPERVISED)
+# -----------------------------------------------------------------------------
+_C.CLUSTER = CN()
+# DBSCAN: largest k-reciprocal Jaccard distance between neighbours
+_C.CLUSTER.EPS = 0.6
+# DBSCAN: neighbours (the image itself included) that make an image a core point
+_C.CLUSTER.MIN_SAMPLES = 4
+# Jaccard distance: k-reciprocal neighbourhood size and query-expansion size
+_C.CLUSTER.K1 = 30
+_C.CLUSTER.K2 = 6
+# Re-cluster every N epochs (the memory is rebuilt from fresh features every epoch)
+_C.CLUSTER.PERIOD = 1
+# 'cluster': prototypical contrastive loss against one centroid per cluster (ClusterContrast);
+# 'camera_proxy': one centroid per (cluster, camera) with the offline and online
+# proxy losses of O2CAP, PK batches over proxies
+_C.CLUSTER.LOSS = 'cluster'
+# camera_proxy: hardest negative proxies kept in each softmax
+_C.CLUSTER.PROXY_NEGATIVES = 50
+# camera_proxy: positives of the online loss (best proxy of each camera, the top N cameras)
+_C.CLUSTER.PROXY_POSITIVES = 3
+# camera_proxy: online similarity = BALANCE * sample-proxy + (1 - BALANCE) * proxy-proxy
+_C.CLUSTER.PROXY_BALANCE = 0.15
 
 # -----------------------------------------------------------------------------
 # TEST

@@ -58,26 +58,39 @@ def make_train_sampler(cfg, records, rank=0, world_size=1):
                     f'got {kind!r}')
 
 
+def loader_kwargs(cfg):
+    return dict(num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=collate,
+                pin_memory=torch.cuda.is_available())
+
+
+def make_train_loader(cfg, records, sampler):
+    """Batches of records (train transform) in the order the sampler draws them."""
+    return DataLoader(ImageDataset(records, build_transforms(cfg, is_train=True)),
+                      batch_size=sampler.per_rank, sampler=sampler, drop_last=True,
+                      generator=sampler.generator, **loader_kwargs(cfg))
+
+
 def make_dataloader(cfg, training=True):
-    """The loaders of a run; `training=False` (evaluation only) builds no train loaders."""
+    """The loaders of a run; `training=False` (evaluation only) builds no train loaders.
+
+    Unsupervised training (MODEL.UNSUPERVISED) gets no train_loader (its trainer samples
+    pseudo-identities) and num_classes 1: the model's identity classifier is not trained.
+    """
     rank, world = get_rank(), get_world_size()
     dataset = init_dataset(cfg.DATASETS.NAMES, root=cfg.DATASETS.ROOT_DIR, **dataset_kwargs(cfg))
-    common = dict(num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=collate,
-                  pin_memory=torch.cuda.is_available())
+    common = loader_kwargs(cfg)
     test_transform = build_transforms(cfg, is_train=False)
     train_loader = train_eval_loader = None
     if training:
-        sampler = make_train_sampler(cfg, dataset.train, rank, world)
-        train_loader = DataLoader(
-            ImageDataset(dataset.train, build_transforms(cfg, is_train=True)),
-            batch_size=sampler.per_rank, sampler=sampler, drop_last=True,
-            generator=sampler.generator, **common)
+        if not cfg.MODEL.UNSUPERVISED:
+            train_loader = make_train_loader(
+                cfg, dataset.train, make_train_sampler(cfg, dataset.train, rank, world))
         train_eval_loader = DataLoader(ImageDataset(dataset.train, test_transform),
                                        batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **common)
     records = dataset.query + dataset.gallery
     shard = records[len(records) * rank // world:len(records) * (rank + 1) // world]
     val_loader = DataLoader(ImageDataset(shard, test_transform, with_path=True),
                             batch_size=cfg.TEST.IMS_PER_BATCH, shuffle=False, **common)
+    num_classes = 1 if cfg.MODEL.UNSUPERVISED else dataset.num_train_pids
     return DataBundle(train_loader, train_eval_loader, val_loader, len(dataset.query),
-                      dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_vids,
-                      dataset)
+                      num_classes, dataset.num_train_cams, dataset.num_train_vids, dataset)

@@ -35,15 +35,24 @@ class PCLTrainer(Trainer):
 
     def prepare_epoch(self, epoch):
         """Centroids of the whole training set (test transform, eval mode) become the memory."""
+        feats, pids = self.train_features()
+        self.memory = self.make_memory(feats, pids, self.data.num_classes)
+
+    def train_features(self):
+        """(features, pids) of the training set in order, test transform, eval mode."""
         net = self.net
         net.eval()
         feats, pids = extract_features(self.cfg, lambda x, c, v: net(x, cam_label=c, view_label=v),
                                        self.data.train_eval_loader, self.runtime, desc='memory')
-        centroids = compute_centroids(F.normalize(feats, dim=1), pids, self.data.num_classes)
-        self.memory = ClusterMemory(centroids.shape[1], self.data.num_classes,
-                                    **self.memory_args).to(self.device)
-        self.memory.build(centroids)
         net.train()
+        return feats, pids
+
+    def make_memory(self, feats, labels, num_classes):
+        """A ClusterMemory holding the centroid of each label (labels -1 are left out)."""
+        centroids = compute_centroids(F.normalize(feats, dim=1), labels, num_classes)
+        memory = ClusterMemory(centroids.shape[1], num_classes, **self.memory_args)
+        memory.to(self.device).build(centroids)
+        return memory
 
     def batches(self, epoch):
         return EpochBatches(self.data.train_loader, epoch, limit=self.cfg.SOLVER.ITERS)
