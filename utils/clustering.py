@@ -18,14 +18,14 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from .distance import as_tensor
 from .reranking import KReciprocal
 
-_CHUNK_ELEMENTS = 1 << 23  # Jaccard distances held at once (32 MiB)
+_CHUNK_ELEMENTS = 1 << 22  # Jaccard distances held at once (16 MiB)
 
 
 def jaccard_neighbours(features, k1=30, k2=6, eps=0.6, rows=None):
     """CSR [N, N] float32 of the Jaccard distances <= eps (the diagonal included).
 
     features: [N, D] tensor or array (normalised here). rows: rows per chunk (default: about
-    8M distances per chunk).
+    4M distances per chunk).
     """
     feats = F.normalize(as_tensor(features), dim=1)
     n = feats.shape[0]
