@@ -6,8 +6,8 @@ sizes of Market1501 (12,936 images) and MSMT17 (32,621 images).
     python benchmarks/bench_clustering.py --agreement 1500   # vs ClusterContrast's definition
 
 Features: dim 1280 (PCL-CLIP's test feature), one random unit centre per identity plus
-Gaussian noise, so DBSCAN finds clusters and outliers (about a tenth of the images). Each measurement runs
-in a fresh process: "peak" is the process's peak resident set (getrusage maxrss, torch
+Gaussian noise, so DBSCAN finds clusters and outliers. Each measurement runs in a fresh
+process: "peak" is the process's peak resident set (getrusage maxrss, torch
 included); "added" is the peak minus the resident memory once the features exist.
 
 --agreement N compares, on N such features, the partitions DBSCAN gives on this project's
