@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from _e2e_helpers import (build, config_path, demo_root, epoch_losses, load_cfg,
-                          logged_results, read_log, run_script, small_opts, tiny_clip)
+from _e2e_helpers import (build, demo_root, epoch_losses, load_cfg, logged_results, read_log,
+                          run_script, small_opts, tiny_clip)
 from _run_helpers import run, screen_lines, tiny_run, train_opts  # noqa: F401
-from datasets.demo_data import generate
 from config import load_config
+from datasets.demo_data import generate
 from processor.pcl_unsup import UnsupervisedPCLTrainer
 from processor.recipes import train_pcl
 from utils.checkpoint import load_training_state
