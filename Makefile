@@ -29,5 +29,6 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/bench_eval.py
+	$(PY) benchmarks/bench_clustering.py --scales market
 
 .PHONY: venv demo test bench

@@ -75,6 +75,9 @@ _C.MODEL.PCL_TEMPERATURE = 0.05
 # PCL: memory update per identity of the batch from its 'hard' (least similar) sample, as
 # upstream, or 'sequential' from every sample in batch order (upstream's non-hard memory)
 _C.MODEL.MEMORY_UPDATE = 'hard'
+# PCL: train without identity labels: pseudo-identities from clustering the training set
+# (CLUSTER.*); the train labels are never read and the ID loss is dropped
+_C.MODEL.UNSUPERVISED = False
 
 # -----------------------------------------------------------------------------
 # INPUT
@@ -207,6 +210,30 @@ _C.SOLVER.DETERMINISTIC = False
 _C.SOLVER.TENSORBOARD = True
 _C.SOLVER.STAGE1 = _stage('cosine')
 _C.SOLVER.STAGE2 = _stage('multistep')
+
+# -----------------------------------------------------------------------------
+# CLUSTER: pseudo-identities of unsupervised training (MODEL.UNSUPERVISED)
+# -----------------------------------------------------------------------------
+_C.CLUSTER = CN()
+# DBSCAN: largest k-reciprocal Jaccard distance between neighbours
+_C.CLUSTER.EPS = 0.6
+# DBSCAN: neighbours (the image itself included) that make an image a core point
+_C.CLUSTER.MIN_SAMPLES = 4
+# Jaccard distance: k-reciprocal neighbourhood size and query-expansion size
+_C.CLUSTER.K1 = 30
+_C.CLUSTER.K2 = 6
+# Re-cluster every N epochs (the memory is rebuilt from fresh features every epoch)
+_C.CLUSTER.PERIOD = 1
+# 'cluster': prototypical contrastive loss against one centroid per cluster (ClusterContrast);
+# 'camera_proxy': one centroid per (cluster, camera) with the offline and online
+# proxy losses of O2CAP, PK batches over proxies
+_C.CLUSTER.LOSS = 'cluster'
+# camera_proxy: hardest negative proxies kept in each softmax
+_C.CLUSTER.PROXY_NEGATIVES = 50
+# camera_proxy: positives of the online loss (best proxy of each camera, the top N cameras)
+_C.CLUSTER.PROXY_POSITIVES = 3
+# camera_proxy: online similarity = BALANCE * sample-proxy + (1 - BALANCE) * proxy-proxy
+_C.CLUSTER.PROXY_BALANCE = 0.15
 
 # -----------------------------------------------------------------------------
 # TEST

@@ -44,13 +44,14 @@ def train_batch(cfg):
     return 'SOLVER.IMS_PER_BATCH', cfg.SOLVER.IMS_PER_BATCH
 
 
-def num_workers(cfg):
+def num_workers(cfg, report=False):
     """DATALOADER.NUM_WORKERS, at most the CPUs this process may use (torch warns above)."""
     wanted = cfg.DATALOADER.NUM_WORKERS
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
     if cpus and wanted > cpus:
-        logger.info('DATALOADER.NUM_WORKERS %d is more than the %d CPUs here: using %d',
-                    wanted, cpus, cpus)
+        if report:
+            logger.info('DATALOADER.NUM_WORKERS %d is more than the %d CPUs here: using %d',
+                        wanted, cpus, cpus)
         return cpus
     return wanted
 
@@ -80,25 +81,39 @@ def make_train_sampler(cfg, records, rank=0, world_size=1):
                      rank, world_size, key)
 
 
+def loader_kwargs(cfg, report=False):
+    workers = num_workers(cfg, report)
+    # every loader is iterated more than once (epochs, PCL's extra passes, evaluations):
+    # keep its workers instead of forking new ones for each pass
+    return dict(num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                persistent_workers=workers > 0)
+
+
+def make_train_loader(cfg, records, sampler):
+    """Batches of records (train transform) in the order the sampler draws them."""
+    return DataLoader(ImageDataset(records, build_transforms(cfg, is_train=True)),
+                      batch_size=sampler.per_rank, sampler=sampler, drop_last=True,
+                      generator=torch.Generator(),  # its own: leaves the global one alone
+                      **loader_kwargs(cfg))
+
+
 def make_dataloader(cfg, training=True):
-    """The loaders of a run; `training=False` (evaluation only) builds no train loaders."""
+    """The loaders of a run; `training=False` (evaluation only) builds no train loaders.
+
+    Unsupervised training (MODEL.UNSUPERVISED) gets no train_loader (its trainer samples
+    pseudo-identities) and num_classes 1: the model's identity classifier is not trained.
+    """
     rank, world = get_rank(), get_world_size()
     dataset = init_dataset(cfg.DATASETS.NAMES, root=cfg.DATASETS.ROOT_DIR,
                            **dataset_kwargs(cfg, training))
-    workers = num_workers(cfg)
-    # every loader is iterated more than once (epochs, PCL's extra passes, evaluations):
-    # keep its workers instead of forking new ones for each pass
-    common = dict(num_workers=workers, collate_fn=collate, pin_memory=torch.cuda.is_available(),
-                  persistent_workers=workers > 0)
+    common = loader_kwargs(cfg, report=True)
     test_transform = build_transforms(cfg, is_train=False)
     batch = cfg.TEST.IMS_PER_BATCH  # test-transform loaders hold this rank's share of batches
     train_loader = train_eval_loader = None
     if training:
-        sampler = make_train_sampler(cfg, dataset.train, rank, world)
-        train_loader = DataLoader(
-            ImageDataset(dataset.train, build_transforms(cfg, is_train=True)),
-            batch_size=sampler.per_rank, sampler=sampler, drop_last=True,
-            generator=torch.Generator(), **common)  # its own: leaves the global one alone
+        if not cfg.MODEL.UNSUPERVISED:
+            train_loader = make_train_loader(
+                cfg, dataset.train, make_train_sampler(cfg, dataset.train, rank, world))
         train_eval_loader = DataLoader(ImageDataset(shard(dataset.train, rank, world, batch),
                                                     test_transform),
                                        batch_size=batch, shuffle=False, **common)
@@ -106,6 +121,6 @@ def make_dataloader(cfg, training=True):
         ImageDataset(shard(dataset.query + dataset.gallery, rank, world, batch), test_transform,
                      with_path=True),
         batch_size=batch, shuffle=False, **common)
+    num_classes = 1 if cfg.MODEL.UNSUPERVISED else dataset.num_train_pids
     return DataBundle(train_loader, train_eval_loader, val_loader, len(dataset.query),
-                      dataset.num_train_pids, dataset.num_train_cams, dataset.num_train_vids,
-                      dataset)
+                      num_classes, dataset.num_train_cams, dataset.num_train_vids, dataset)

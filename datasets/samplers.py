@@ -57,7 +57,7 @@ class GlobalBatchSampler(Sampler):
         for b, batch in enumerate(self.global_batches()):
             first = base + b * self.batch_size + start
             for offset, index in enumerate(batch[start:start + self.per_rank]):
-                yield index, (first + offset) % 2**63
+                yield index, _mix(first + offset)
 
     def __len__(self):
         return len(self.global_batches()) * self.per_rank
@@ -125,3 +125,11 @@ class ShuffleSampler(GlobalBatchSampler):
         order = rng.permutation(self.num_samples).tolist()
         b = self.batch_size
         return [order[i:i + b] for i in range(0, self.num_samples // b * b, b)]
+
+
+def _mix(n):
+    """A well-spread 63-bit seed from an integer (splitmix64)."""
+    z = (n + 0x9E3779B97F4A7C15) % 2**64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (z ^ (z >> 31)) >> 1

@@ -1,4 +1,5 @@
 """Losses: identity CE, batch-hard triplet, supervised contrastive, center, cluster memory."""
+from .camera_proxy_memory import CameraProxyMemory
 from .center import CenterLoss
 from .cluster_memory import ClusterMemory, compute_centroids
 from .cross_entropy import CrossEntropy, CrossEntropyLabelSmooth
@@ -6,6 +7,6 @@ from .make_loss import ReIDLoss, make_loss
 from .supcon import SupConLoss, image_to_text_logits
 from .triplet import TripletLoss, euclidean_dist, hard_example_mining
 
-__all__ = ['CenterLoss', 'ClusterMemory', 'compute_centroids', 'CrossEntropy',
+__all__ = ['CameraProxyMemory', 'CenterLoss', 'ClusterMemory', 'compute_centroids', 'CrossEntropy',
            'CrossEntropyLabelSmooth', 'ReIDLoss', 'make_loss', 'SupConLoss',
            'image_to_text_logits', 'TripletLoss', 'euclidean_dist', 'hard_example_mining']

@@ -35,19 +35,28 @@ class PCLTrainer(Trainer):
         self.scheduler.step(epoch - 1)
 
     def prepare_epoch(self, epoch):
-        """Centroids of the whole training set become the memory: test transform, eval mode,
-        the BN-neck features the loss sees, without SIE labels (as upstream)."""
+        """Centroids of the whole training set become the memory."""
+        feats, pids = self.train_features()
+        self.memory = self.make_memory(feats, pids, self.data.num_classes)
+
+    def train_features(self):
+        """(features, pids) of the training set in order: test transform, eval mode, the
+        BN-neck features the loss sees, without SIE labels (as upstream)."""
         net = self.net
         net.eval()
         feats, pids = extract_features(self.cfg, lambda x, c, v: net.memory_features(x),
                                        self.data.train_eval_loader, self.runtime, desc='memory')
-        centroids = compute_centroids(F.normalize(feats, dim=1), pids, self.data.num_classes)
+        net.train()
+        return feats, pids
+
+    def make_memory(self, feats, labels, num_classes):
+        """A ClusterMemory holding the centroid of each label (labels -1 are left out)."""
+        centroids = compute_centroids(F.normalize(feats, dim=1), labels, num_classes)
         if du.is_dist():  # index_add_ may sum in any order on a GPU: take rank 0's sums
             torch.distributed.broadcast(centroids, 0)
-        self.memory = ClusterMemory(centroids.shape[1], self.data.num_classes,
-                                    **self.memory_args).to(self.device)
-        self.memory.build(centroids)
-        net.train()
+        memory = ClusterMemory(centroids.shape[1], num_classes, **self.memory_args)
+        memory.to(self.device).build(centroids)
+        return memory
 
     def batches(self, epoch):
         return EpochBatches(self.data.train_loader, epoch, limit=self.cfg.SOLVER.ITERS)

@@ -12,6 +12,7 @@ from utils.metrics import make_evaluator
 from .baseline import BaselineTrainer
 from .clipreid import ImageTrainer, PromptTrainer
 from .pcl import PCLTrainer
+from .pcl_unsup import UnsupervisedPCLTrainer
 
 
 def wrap_ddp(cfg, model, runtime):
@@ -35,11 +36,17 @@ def _evaluator(cfg, data):
 
 
 def train_pcl(cfg, model, data, runtime, resume_state=None):
+    """Supervised PCL-CLIP, or its unsupervised variant (MODEL.UNSUPERVISED), which has no
+    identities for the ID classifier: that stays as built, out of the optimizer."""
+    trainer_class = PCLTrainer
+    if cfg.MODEL.UNSUPERVISED:
+        model.classifier.requires_grad_(False)
+        trainer_class = UnsupervisedPCLTrainer
     model = wrap_ddp(cfg, model, runtime)
     optimizer, _ = make_optimizer(cfg.SOLVER, model)
     scheduler = make_scheduler(cfg.SOLVER, optimizer, 'multistep')
-    trainer = PCLTrainer(cfg, cfg.SOLVER, model, optimizer, scheduler, runtime, data,
-                         evaluator=_evaluator(cfg, data))
+    trainer = trainer_class(cfg, cfg.SOLVER, model, optimizer, scheduler, runtime, data,
+                            evaluator=_evaluator(cfg, data))
     trainer.run(trainer.load_state(resume_state) if resume_state else 1)
     return trainer
 

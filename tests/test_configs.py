@@ -99,6 +99,24 @@ def test_upstream_pcl_fixture_is_the_paper_revision():
     assert (s.WARMUP_METHOD, s.WARMUP_ITERS, s.WARMUP_FACTOR) == ('linear', 10, 0.1)
 
 
+def test_unsupervised_pcl_configs_hold_their_settings():
+    """ClusterContrast's loop with the PCL-CLIP model (sources in the README)."""
+    for dataset, size, eps, iters in (('market1501', (256, 128), 0.6, 200),
+                                      ('msmt17', (256, 128), 0.7, 400),
+                                      ('veri', (256, 256), 0.6, 400)):
+        cfg = _load(f'pcl/{dataset}_unsup.yml')
+        m, c, s = cfg.MODEL, cfg.CLUSTER, cfg.SOLVER
+        assert cfg.DATASETS.NAMES == dataset and m.NAME == 'ViT-B-16' and m.UNSUPERVISED
+        assert tuple(cfg.INPUT.SIZE_TRAIN) == size and tuple(cfg.INPUT.SIZE_TEST) == size
+        assert (c.LOSS, c.EPS, c.MIN_SAMPLES, c.K1, c.K2, c.PERIOD) == ('cluster', eps, 4, 30, 6, 1)
+        assert (m.PCL_TEMPERATURE, m.MEMORY_MOMENTUM, m.MEMORY_UPDATE) == (0.05, 0.1, 'hard')
+        assert (s.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE, s.ITERS) == (256, 16, iters)
+        assert (s.OPTIMIZER_NAME, s.BASE_LR, s.MOMENTUM, s.WEIGHT_DECAY) == \
+            ('SGD', 3.5e-4, 0.9, 5e-4)
+        assert (s.WARMUP_ITERS, s.WARMUP_FACTOR, tuple(s.STEPS), s.MAX_EPOCHS) == \
+            (10, 0.01, (20, 40), 50)
+
+
 def test_clipreid_stage_settings_mirror_upstream():
     vit = _load('person/vit_clipreid.yml').SOLVER
     assert (vit.STAGE1.BASE_LR, vit.STAGE1.WARMUP_LR_INIT, vit.STAGE1.LR_MIN) == \

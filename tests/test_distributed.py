@@ -97,3 +97,18 @@ def test_sync_bn_is_refused_on_the_cpu_before_anything_runs(monkeypatch, tmp_pat
     with pytest.raises(ReIDError, match='MODEL.SYNC_BN needs CUDA'):
         setup_run(cfg, 'train_log.txt')
     assert not (tmp_path / 'out').exists()
+
+
+def test_unsupervised_pcl_two_processes_equal_one(tmp_path, tiny_run):
+    """Rank 0 clusters and broadcasts the pseudo-labels; the ranks train as one process."""
+    single, ddp = _single_and_ddp(tmp_path, tiny_run, 'train_pcl.py', 'MODEL.UNSUPERVISED', True,
+                                  'CLUSTER.K1', 10, 'CLUSTER.K2', 3, 'CLUSTER.EPS', 0.5,
+                                  'SOLVER.OPTIMIZER_NAME', 'SGD', 'SOLVER.BASE_LR', 0.05,
+                                  'SOLVER.EVAL_PERIOD', 2)
+    _assert_same_run(single, ddp, 2)
+    states = state(single, 'pcl_unsup'), state(ddp, 'pcl_unsup')
+    labels = [s['extra']['pseudo_labels'] for s in states]
+    assert torch.equal(labels[0], labels[1]) and labels[0].max() >= 3
+    assert _rank_output(tmp_path / 'ranks', 1) == {'stdout.log': '', 'stderr.log': ''}
+    logged = open(os.path.join(ddp, 'train_log.txt')).read()
+    assert logged.count('clustering before epoch') == 2

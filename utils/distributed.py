@@ -79,6 +79,13 @@ def all_gather_equal(tensor):
     return out
 
 
+def broadcast_from_main(tensor):
+    """Overwrite `tensor` with rank 0's (same shape and dtype on every rank); returns it."""
+    if is_dist():
+        dist.broadcast(tensor, 0)
+    return tensor
+
+
 def average_gradients(params):
     """Average the gradients of parameters that DDP does not manage over all ranks."""
     if not is_dist():

@@ -197,11 +197,14 @@ class KReciprocal:
             d = self._block(b0)[lo - b0:hi - b0, self.gal_start:]
             parts.append(d / self.rowmax[lo:hi, None])
         original = torch.cat(parts)
-        t = self._overlap(start, end)
-        # upstream's float16 arithmetic: jaccard = 1 - t / (2 - t), times (1 - lambda) in float16
-        jaccard = _f16(1 - _f16(t / _f16(2 - t)))
         keep = float(torch.tensor(1 - self.lam).half())
-        return _f16(jaccard * keep) + original * self.lam
+        return _f16(self.jaccard_rows(start, end) * keep) + original * self.lam
+
+    def jaccard_rows(self, start, end):
+        """The Jaccard term alone [end-start, G] (float32 holding float16 values): what
+        unsupervised training clusters on. Upstream's float16 arithmetic: 1 - t / (2 - t)."""
+        t = self._overlap(start, end)
+        return _f16(1 - _f16(t / _f16(2 - t)))
 
 
 def re_ranking_chunks(probFea, galFea, k1=20, k2=6, lambda_value=0.3, dist='euclidean',

@@ -30,6 +30,9 @@ def config_for(method, args):
     if method and cfg.MODEL.METHOD not in ('', method):
         raise ReIDError(f'{args.config_file or "config"} sets MODEL.METHOD '
                         f'{cfg.MODEL.METHOD!r}, but this script trains {method!r}')
+    if method and method != 'pcl' and cfg.MODEL.UNSUPERVISED:
+        raise ReIDError(f'MODEL.UNSUPERVISED is implemented for PCL-CLIP only (train_pcl.py); '
+                        f'this script trains {method!r}')
     if method:
         cfg.defrost()
         cfg.MODEL.METHOD = method

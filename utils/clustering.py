@@ -1,0 +1,96 @@
+"""Pseudo-identities for unsupervised training: k-reciprocal Jaccard distance + DBSCAN.
+
+The Jaccard distance is the one re-ranking computes (utils.reranking.KReciprocal over the
+set against itself, squared euclidean distances of L2-normalised features, no
+original-distance term), negative float16 round-offs clipped to 0 as ClusterContrast does.
+Only the pairs closer than eps are kept, as a sparse matrix: DBSCAN (scikit-learn, metric
+'precomputed') runs on those neighbourhoods, so no N x N matrix is ever held; the
+reference implementations hold several dense N x N float32 matrices (4.0 GiB each at
+MSMT17's 32,621 training images).
+"""
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import DBSCAN
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from .distance import as_tensor
+from .reranking import KReciprocal
+
+_CHUNK_ELEMENTS = 1 << 22  # Jaccard distances held at once (16 MiB)
+
+
+def jaccard_neighbours(features, k1=30, k2=6, eps=0.6, rows=None):
+    """CSR [N, N] float32 of the Jaccard distances <= eps (the diagonal included).
+
+    features: [N, D] tensor or array (normalised here). rows: rows per chunk (default: about
+    4M distances per chunk).
+    """
+    feats = F.normalize(as_tensor(features), dim=1)
+    n = feats.shape[0]
+    kr = KReciprocal(feats, None, k1, k2, lambda_value=0.0, dist='euclidean')
+    rows = rows or max(1, _CHUNK_ELEMENTS // n)
+    counts, cols, vals = [], [], []
+    for start in range(0, n, rows):
+        dist = kr.jaccard_rows(start, min(start + rows, n)).clamp_(min=0)
+        near = dist <= eps
+        counts.append(near.sum(1).cpu())
+        col = torch.nonzero(near)[:, 1]  # row-major: each row's columns in ascending order
+        cols.append(col.cpu().to(torch.int32))
+        vals.append(dist[near].cpu())
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    indptr[1:] = torch.cat(counts).cumsum(0).numpy()
+    return sp.csr_matrix((torch.cat(vals).numpy(), torch.cat(cols).numpy(), indptr), shape=(n, n))
+
+
+def dbscan_labels(neighbours, eps, min_samples):
+    """DBSCAN labels (int64, -1 = outlier) from precomputed distances: a sparse matrix of the
+    neighbourhoods (stored entries are the candidate neighbours) or a dense array."""
+    return DBSCAN(eps=eps, min_samples=min_samples, metric='precomputed').fit_predict(
+        neighbours).astype(np.int64)
+
+
+def cluster_features(features, k1=30, k2=6, eps=0.6, min_samples=4):
+    """Pseudo-labels 0..C-1 of the features, -1 for DBSCAN's outliers."""
+    return dbscan_labels(jaccard_neighbours(features, k1, k2, eps), eps, min_samples)
+
+
+def camera_proxies(labels, camids):
+    """Split each cluster by camera (CAP / O2CAP).
+
+    Returns (proxy label of every image, -1 for outliers; cluster of each proxy; camera of
+    each proxy). Proxies are numbered by cluster, then camera.
+    """
+    labels, camids = np.asarray(labels, dtype=np.int64), np.asarray(camids, dtype=np.int64)
+    keep = labels >= 0
+    width = int(camids.max()) + 1 if len(camids) else 1
+    pairs, proxy_of = np.unique(labels[keep] * width + camids[keep], return_inverse=True)
+    proxies = np.full(len(labels), -1, dtype=np.int64)
+    proxies[keep] = proxy_of
+    return proxies, pairs // width, pairs % width
+
+
+def size_histogram(labels):
+    """{'1': n, '2-3': n, '4-7': n, ...}: how many clusters have sizes in each power-of-two
+    range (ranges with no cluster left out)."""
+    labels = np.asarray(labels)
+    sizes = np.bincount(labels[labels >= 0])
+    counts = np.bincount(np.floor(np.log2(sizes[sizes > 0])).astype(int))
+    return {(str(2 ** b) if b == 0 else f'{2 ** b}-{2 ** (b + 1) - 1}'): int(c)
+            for b, c in enumerate(counts) if c}
+
+
+def clustering_summary(labels, true_labels=None):
+    """Figures of one clustering: clusters, outliers, the size histogram and, when true labels
+    with more than one identity are given, NMI and ARI of the clustered images against them
+    (for the user's information only)."""
+    labels = np.asarray(labels)
+    kept = labels >= 0
+    out = {'images': len(labels), 'clusters': int(labels.max()) + 1 if kept.any() else 0,
+           'outliers': int((~kept).sum()), 'sizes': size_histogram(labels)}
+    if true_labels is not None and len(np.unique(true_labels)) > 1 and kept.any():
+        truth = np.asarray(true_labels)[kept]
+        out['nmi'] = float(normalized_mutual_info_score(truth, labels[kept]))
+        out['ari'] = float(adjusted_rand_score(truth, labels[kept]))
+    return out
