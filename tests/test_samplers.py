@@ -117,6 +117,8 @@ def test_shuffle_sampler_full_batches_seeded_and_sharded():
     halves = [list(ShuffleSampler(10, 4, seed=3, rank=r, world_size=2)) for r in range(2)]
     seeds = [seed for _, seed in single]
     assert len(set(seeds)) == len(seeds)  # one augmentation seed per item
+    # spread over the seed space: consecutive seeds give torch correlated first draws
+    assert all(abs(a - b) > 2**40 for a, b in zip(seeds, seeds[1:]))
     assert halves[0][:2] + halves[1][:2] == list(single)[:4]
 
 
