@@ -35,18 +35,25 @@ torch.set_num_threads(1)
 _LOGGERS = ('', 'reid', 'py.warnings')
 
 
+def _logging_state():
+    return ({name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level,
+                    logging.getLogger(name).propagate) for name in _LOGGERS},
+            logging._warnings_showwarning is not None)
+
+
+_BASELINE = _logging_state()
+
+
 @pytest.fixture(autouse=True)
 def restore_logging():
-    """setup_run / setup_logger reconfigure the 'reid' and root loggers; put them back."""
-    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level,
-                    logging.getLogger(name).propagate) for name in _LOGGERS}
-    capture = logging._warnings_showwarning is not None
+    """setup_run / setup_logger reconfigure the 'reid' and root loggers (also inside module
+    fixtures): after every test, put them back as they were when the session started."""
     yield
-    for name, (handlers, level, propagate) in saved.items():
+    loggers, capture = _BASELINE
+    for name, (handlers, level, propagate) in loggers.items():
         logger = logging.getLogger(name)
         for handler in logger.handlers:
             if handler not in handlers:
-                logger.removeHandler(handler)
                 handler.close()
         logger.handlers[:] = handlers
         logger.setLevel(level)

@@ -7,6 +7,7 @@ overrides continues it; test_clipreid.py takes its config.yaml. The remaining er
 pictures are checked in-process on the scripts' own functions.
 """
 import os
+import shutil
 import sys
 
 import pytest
@@ -235,9 +236,10 @@ def test_cmc_plot_names_dataset_checkpoint_map_and_spans_0_to_100(run, monkeypat
     assert image.getpixel((320, y)) == COLOURS[0] or image.getpixel((320, y - 1)) == COLOURS[0]
 
 
-def test_resume_flag_after_the_overrides_continues_the_run(run, tiny_run):
-    """Last: it extends the module's run to 3 epochs."""
-    out, _ = run
+def test_resume_flag_after_the_overrides_continues_the_run(run, tiny_run, tmp_path):
+    """On a copy of the module's run (the other tests read it as it is), extended to 3 epochs."""
+    out = tmp_path / 'out'
+    shutil.copytree(run[0], out)
     proc = run_ok('train_pcl.py', [*opts(tiny_run, out, 'SOLVER.MAX_EPOCHS', 3), '--resume'])
     assert 'resumed pcl after epoch 2' in proc.stdout
     assert os.path.exists(out / f'{NAME}_3.pth')
