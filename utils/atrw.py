@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from .errors import ReIDError
-from .protocols import Split, _result, scan
+from .pairs import KeyIndex, union
+from .protocols import Split, _result, on_device, scan, sweep_table
 
 QUERY_KINDS = (('sing', 'single_cam'), ('multi', 'cross_cam'))
 
@@ -65,19 +66,34 @@ def evaluate_atrw(spec, test, annotation_path, max_rank=50):
         raise ReIDError(f'{len(missing)} ATRW test images are not in TEST.ATRW_ANNOTATION '
                         f'{annotation_path!r}, e.g. {missing[0]!r}')
     kind, eid, cam, frame = zip(*(anno[i] for i in ids))
-    eid = torch.tensor(eid)
-    cam = torch.tensor(np.unique(np.asarray(cam), axis=0, return_inverse=True)[1].reshape(-1))
-    frame = torch.tensor(frame)
-    test = Split(test.feats, eid.numpy(), test.camids, test.paths)
+    cam = np.unique(np.asarray(cam), axis=0, return_inverse=True)[1].reshape(-1)
+    test = Split(test.feats, np.asarray(eid), test.camids, test.paths)
+    excluded = junk_pairs(*on_device(test, eid, cam, frame))
+    all_stats, distmat = scan(spec, test, None, excluded)
+    kind = np.asarray(kind)
+    results = [_scores(stats, kind, max_rank) for stats in all_stats]
+    cmc, metrics = results[0]
+    return _result('atrw', cmc, metrics['mmAP'], metrics, test, test, distmat, excluded,
+                   sweep=sweep_table(spec, [m for _, m in results]),
+                   extra={'query_kind': kind, 'imgid': np.asarray(ids)})
+
+
+def junk_pairs(eid, cam, frame):
+    """excluded(start, end): each query's own image, the same entity seen by the same camera
+    within 3 frames, and every image of entity -1, as (rows, cols) pairs."""
+    index, unknown, n = KeyIndex(eid), (eid == -1).nonzero().squeeze(1), len(eid)
 
     def excluded(s, e):
-        own = torch.arange(len(eid))[None, :] == torch.arange(s, e)[:, None]
-        near = ((eid[None, :] == eid[s:e, None]) & (cam[None, :] == cam[s:e, None])
-                & ((frame[None, :] - frame[s:e, None]).abs() <= 3))
-        return own | near | (eid == -1)[None, :]
+        own = torch.arange(e - s, device=eid.device)
+        rows, cols = index.pairs(eid[s:e])
+        near = (cam[cols] == cam[s:e][rows]) & ((frame[cols] - frame[s:e][rows]).abs() <= 3)
+        junk = own.repeat_interleave(len(unknown)), unknown.repeat(e - s)
+        return union((own, own + s), (rows[near], cols[near]), junk, num_cols=n)
+    return excluded
 
-    stats, distmat = scan(spec, test, None, excluded)
-    kind = np.asarray(kind)
+
+def _scores(stats, kind, max_rank):
+    """(cmc over the queries, the official metrics) of one ranking."""
     metrics = OrderedDict(mmAP=0.0)
     for code, name in QUERY_KINDS:
         sub = stats.subset(np.flatnonzero(kind == code))
@@ -89,5 +105,4 @@ def evaluate_atrw(spec, test, annotation_path, max_rank=50):
     metrics['mmAP'] = (metrics['mAP(single_cam)'] + metrics['mAP(cross_cam)']) / 2
     queries = stats.subset(np.flatnonzero(np.isin(kind, [c for c, _ in QUERY_KINDS])))
     cmc = queries.cmc_counts(max_rank).astype(np.float32) / float(max(len(queries.num_pos), 1))
-    return _result('atrw', cmc, metrics['mmAP'], metrics, test, test, distmat, excluded,
-                   extra={'query_kind': kind, 'imgid': np.asarray(ids)})
+    return cmc, metrics

@@ -15,7 +15,7 @@ from .atrw import evaluate_atrw, load_annotation
 from .distance import METRICS, as_tensor, matrix_chunks
 from .errors import ReIDError
 from .protocols import (PROTOCOLS, DistanceSpec, EvalResult, Split, evaluate_animal,
-                        evaluate_standard, evaluate_vehicleid, scores)
+                        evaluate_standard, evaluate_vehicleid, same_camera_pairs, scores)
 from .ranking import RankStats
 from .reranking import INITIAL_DISTANCES
 
@@ -30,13 +30,10 @@ def eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chunk_ro
     without a remaining match are skipped; cmc[r] is the fraction of the others whose first
     match is within rank r + 1 (float32, length min(max_rank, G)); AP is the mean of the
     precision at each match. chunk_rows only bounds memory; results do not depend on it."""
-    qp, gp = as_tensor(q_pids, torch.int64), as_tensor(g_pids, torch.int64)
-    qc, gc = as_tensor(q_camids, torch.int64), as_tensor(g_camids, torch.int64)
-
-    def excluded(s, e):
-        return (gp[None, :] == qp[s:e, None]) & (gc[None, :] == qc[s:e, None])
-
-    stats = RankStats.collect(matrix_chunks(distmat, chunk_rows), qp, gp, excluded)
+    dev = distmat.device if torch.is_tensor(distmat) else torch.device('cpu')
+    qp, gp, qc, gc = (as_tensor(x, torch.int64).to(dev) for x in (q_pids, g_pids, q_camids, g_camids))
+    stats = RankStats.collect(matrix_chunks(distmat, chunk_rows), qp, gp,
+                              same_camera_pairs(qp, qc, gp, gc))
     cmc, mAP = scores(stats, min(max_rank, len(gp)))
     return cmc, mAP
 
