@@ -105,6 +105,21 @@ def test_animal_reranks_the_query_set_against_itself():
     assert result.mAP == pytest.approx(np.mean(aps), abs=1e-12)
 
 
+@pytest.mark.parametrize('protocol', ['animal', 'vehicleid'])
+def test_protocol_sweeps_equal_separate_runs(protocol):
+    rng = np.random.default_rng(7)
+    pids = rng.permutation(np.repeat(np.arange(8), 4))
+    feats = rng.standard_normal((8, 6))[pids] + 0.7 * rng.standard_normal((32, 6))
+    kw = dict(protocol=protocol, reranking=True, vehicleid_trials=3, max_rank=5)
+    sweep = run(R1_mAP_eval(32, k1=[3, 5], k2=2, lambda_value=[0.2, 0.5], **kw), feats, pids)
+    table = sweep.extra['rerank_sweep']
+    assert len(table) == 4
+    for row in table:
+        one = run(R1_mAP_eval(32, k1=row['k1'], k2=row['k2'], lambda_value=row['lambda'], **kw), feats, pids)
+        assert {k: v for k, v in row.items() if k not in ('k1', 'k2', 'lambda')} == one.summary()
+    assert sweep.summary() == dict(list(table[0].items())[3:])
+
+
 def test_animal_needs_paths_when_the_gallery_is_separate():
     with pytest.raises(ReIDError, match='paths'):
         run(R1_mAP_eval(2, protocol='animal'), [[1.0], [2.0], [3.0]], np.array([0, 0, 1]))
@@ -148,6 +163,24 @@ def test_atrw_official_rules(tmp_path):
     twice = run(R1_mAP_eval(len(ATRW), feat_norm='no', protocol='atrw', atrw_annotation=anno),
                 [r[4] for r in ATRW] + [0.0], np.zeros(len(ATRW) + 1, int), paths=paths + paths[:1])
     assert twice.summary() == result.summary()
+
+
+def test_atrw_sweep_rows_equal_separate_runs(tmp_path):
+    anno = write_annotation(tmp_path / 'gt_test_plain.json', ATRW)
+    paths = [f'/data/test/{i:06d}.jpg' for i in range(len(ATRW))]
+    feats = [[r[4], (i % 3) / 3] for i, r in enumerate(ATRW)]
+    kw = dict(feat_norm='no', protocol='atrw', atrw_annotation=anno, reranking=True)
+    sweep = run(R1_mAP_eval(len(ATRW), k1=[2, 4], lambda_value=[0.3, 1.0], **kw), feats,
+                np.zeros(len(ATRW), int), paths=paths)
+    table = sweep.extra['rerank_sweep']
+    for row in table:
+        one = run(R1_mAP_eval(len(ATRW), k1=row['k1'], k2=row['k2'], lambda_value=row['lambda'], **kw),
+                  feats, np.zeros(len(ATRW), int), paths=paths)
+        assert {k: v for k, v in row.items() if k not in ('k1', 'k2', 'lambda')} == one.summary()
+    # lambda = 1 is the initial distance: the plain ranking's scores
+    plain = run(R1_mAP_eval(len(ATRW), feat_norm='no', protocol='atrw', atrw_annotation=anno), feats,
+                np.zeros(len(ATRW), int), paths=paths)
+    assert dict(list(table[1].items())[3:]) == plain.summary()
 
 
 def test_atrw_matches_official_scoring_on_random_data(tmp_path):

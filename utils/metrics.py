@@ -17,7 +17,7 @@ from .errors import ReIDError
 from .protocols import (PROTOCOLS, DistanceSpec, EvalResult, Split, evaluate_animal,
                         evaluate_standard, evaluate_vehicleid, same_camera_pairs, scores)
 from .ranking import RankStats
-from .reranking import INITIAL_DISTANCES
+from .reranking import INITIAL_DISTANCES, as_list
 
 __all__ = ['eval_func', 'R1_mAP_eval', 'make_evaluator', 'EvalResult']
 
@@ -55,7 +55,9 @@ class R1_mAP_eval:
 
     The first num_query items are the queries, the rest the gallery (VehicleID and ATRW:
     all test images as queries and an empty gallery). Under torch.distributed every rank
-    gathers all ranks' items in rank order and returns the same result.
+    gathers all ranks' items in rank order and returns the same result. k1, k2 and
+    lambda_value may be lists: every combination is scored in one pass, the first is the
+    result and result.extra['rerank_sweep'] lists them all.
     """
 
     def __init__(self, num_query, max_rank=50, feat_norm='yes', reranking=False, *,
@@ -68,6 +70,9 @@ class R1_mAP_eval:
         self.protocol = _choice('TEST.PROTOCOL', protocol, PROTOCOLS)
         self.spec = DistanceSpec(_choice('TEST.DISTANCE', distance, METRICS))
         if reranking:
+            for key, values in (('TEST.RE_RANKING_K1', k1), ('TEST.RE_RANKING_K2', k2)):
+                if min(as_list(values)) < 1:
+                    raise ReIDError(f'{key} must be at least 1, got {values}')
             self.spec.rerank = dict(k1=k1, k2=k2, lambda_value=lambda_value,
                                     dist=_choice('TEST.RE_RANKING_DIST', rerank_dist, INITIAL_DISTANCES))
         self.ap_mode = _choice('TEST.AP_MODE', ap_mode, AP_MODES)
