@@ -95,8 +95,14 @@ def test_chunks_and_tensor_input_agree_exactly():
     for rows in (1, 8, 56):
         cmc, mAP = eval_func(dist, *args, chunk_rows=rows)
         assert mAP == whole[1] and np.array_equal(cmc, whole[0])
-    cmc, mAP = eval_func(torch.from_numpy(dist), *[torch.from_numpy(a) for a in args])
-    assert mAP == whole[1] and np.array_equal(cmc, whole[0])
+    for device in ['cpu'] + (['cuda'] if torch.cuda.is_available() else []):
+        cmc, mAP = eval_func(torch.from_numpy(dist).to(device), *[torch.from_numpy(a) for a in args],
+                             chunk_rows=13)
+        assert mAP == whole[1] and np.array_equal(cmc, whole[0])
+    half = dist.astype(np.float16)  # many ties; widened exactly
+    cmc, mAP = eval_func(half, *args)
+    cmc_ref, mAP_ref = upstream_eval(half.astype(np.float64), *args)
+    assert np.array_equal(cmc, cmc_ref) and mAP == pytest.approx(mAP_ref, abs=1e-12)
 
 
 def features(seed=0, n_ids=12, per_id=5, dim=16):

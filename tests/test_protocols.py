@@ -217,3 +217,31 @@ def test_atrw_bad_inputs(tmp_path):
     (tmp_path / 'bad.json').write_text('{"imgid": 1}')
     with pytest.raises(ReIDError, match='bad.json'):
         R1_mAP_eval(2, protocol='atrw', atrw_annotation=str(tmp_path / 'bad.json'))
+
+
+@pytest.mark.parametrize('device', ['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize('protocol', ['standard', 'animal', 'atrw'])
+def test_protocols_score_their_own_distances_on_any_device(tmp_path, protocol, device):
+    """The ignored pairs are built on the features' device (the GPU's, there); the scores are
+    those of the same distances ranked again on the CPU."""
+    from utils.atrw import _scores
+    from utils.distance import matrix_chunks
+    from utils.protocols import scores
+    from utils.ranking import RankCollector
+    anno = write_annotation(tmp_path / 'a.json', ATRW)
+    rng = np.random.default_rng(8)
+    n = len(ATRW)
+    feats = torch.tensor(rng.standard_normal((n, 5)), dtype=torch.float32)
+    pids, cams = np.array([r[0] for r in ATRW]), rng.integers(0, 2, n)
+    ev = R1_mAP_eval(4 if protocol == 'standard' else n, protocol=protocol, ap_mode='standard',
+                     atrw_annotation=anno)
+    ev.update((feats.to(device), torch.tensor(pids), torch.tensor(cams), [f'{i:06d}.jpg' for i in range(n)]))
+    result = ev.compute()
+    collector = RankCollector(result.q_pids, result.g_pids, result.excluded)
+    for start, end, dist in matrix_chunks(result.distmat, 3):
+        collector.add(start, end, dist)
+    if protocol == 'atrw':
+        assert _scores(collector.stats(), result.extra['query_kind'], result.cmc.size)[1] == result.summary()
+    else:
+        cmc, mAP = scores(collector.stats(), result.cmc.size)
+        assert result.mAP == mAP and np.array_equal(result.cmc, cmc)
