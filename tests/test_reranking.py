@@ -115,7 +115,7 @@ def test_pair_batches_do_not_change_results(monkeypatch):
 def encodings(q, g, k1, k2, block=None, stash=None):
     stacked = StackedFeatures(torch.as_tensor(q), None if g is None else torch.as_tensor(g), block=block)
     neighbours = NeighbourLists(stacked, k1 + 1, stash)
-    return stacked, neighbours, KReciprocal(stacked, neighbours, k1, k2)
+    return stacked, neighbours, KReciprocal(k1=k1, k2=k2, neighbours=neighbours)
 
 
 def dense(kr):
@@ -128,7 +128,7 @@ def dense(kr):
 
 
 def test_encoding_is_sparse_and_normalised(split):
-    _, _, kr = encodings(split[0], split[1], k1=20, k2=1)
+    kr = KReciprocal(split[0], split[1], k1=20, k2=1)
     nnz = kr.crow[1:] - kr.crow[:-1]
     assert int(nnz.min()) >= 1 and int(nnz.max()) < kr.n // 2
     sums = torch.zeros(kr.n).index_add_(0, torch.repeat_interleave(torch.arange(kr.n), nnz), kr.val)
@@ -177,7 +177,7 @@ def test_float16_steps_are_upstreams_bit_for_bit(split, k2, lam):
     qf, gf = split[0], split[1]
     stash = torch.zeros(60, 180)
     stacked, neighbours, kr = encodings(qf, gf, 20, k2, stash=stash)
-    encoded = dense(KReciprocal(stacked, neighbours, 20, 1))
+    encoded = dense(KReciprocal(k1=20, k2=1, neighbours=neighbours))
     original = (stash / neighbours.rowmax[:60, None]).numpy()
     rank = neighbours.index.numpy()
     expected = upstream_float16_steps(encoded, rank, k2, 60, 60, original, lam)
@@ -191,11 +191,24 @@ def test_self_gallery_float16_steps_are_upstreams(split):
     qf = split[0]
     stash = torch.zeros(60, 60)
     stacked, neighbours, kr = encodings(qf, None, 10, 4, block=16, stash=stash)
-    encoded = dense(KReciprocal(stacked, neighbours, 10, 1))
+    encoded = dense(KReciprocal(k1=10, k2=1, neighbours=neighbours))
     original = (stash / neighbours.rowmax[:, None]).numpy()
     expected = upstream_float16_steps(encoded, neighbours.index.numpy(), 4, 60, 0, original, 0.3)
     ours = [c.numpy() for _, _, c in re_ranking_chunks(qf, None, 10, 4, 0.3, block=16)]
     assert np.array_equal(np.concatenate(ours), expected)
+
+
+def test_standalone_encoding_rows_and_jaccard(split):
+    qf, gf = torch.from_numpy(split[0]), torch.from_numpy(split[1])
+    kr = KReciprocal(qf, gf, 12, 3, 0.4)
+    assert torch.equal(torch.cat([kr.rows(s, min(s + 25, 60)) for s in range(0, 60, 25)]),
+                       torch.from_numpy(re_ranking(qf, gf, 12, 3, 0.4)))
+    jaccard = KReciprocal(qf, gf, 12, 3, 0.0)  # no initial distances kept
+    assert jaccard.neighbours.stash is None
+    assert torch.equal(jaccard.jaccard_rows(0, 60), kr.jaccard_rows(0, 60))
+    assert torch.equal(jaccard.rows(0, 60), kr.jaccard_rows(0, 60))
+    with pytest.raises(ValueError, match='lambda'):
+        next(jaccard.final(0, 5, [0.3]))
 
 
 def test_sweep_equals_separate_runs(split):
@@ -233,7 +246,7 @@ def test_cuda_float16_steps_are_upstreams(split):
     qf, gf = torch.from_numpy(split[0]).cuda(), torch.from_numpy(split[1]).cuda()
     stash = torch.zeros(60, 180, device='cuda')
     stacked, neighbours, kr = encodings(qf, gf, 20, 6, stash=stash)
-    encoded = dense(KReciprocal(stacked, neighbours, 20, 1))
+    encoded = dense(KReciprocal(k1=20, k2=1, neighbours=neighbours))
     original = (stash / neighbours.rowmax[:60, None]).cpu().numpy()
     expected = upstream_float16_steps(encoded, neighbours.index.cpu().numpy(), 6, 60, 60, original, 0.3)
     ours = torch.cat([c for _, _, c in re_ranking_chunks(qf, gf, 20, 6, 0.3, rows=13)]).cpu().numpy()

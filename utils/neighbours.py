@@ -1,10 +1,11 @@
 """Nearest neighbours of every stacked query+gallery feature, from one symmetric pass.
 
 The (Q+G)^2 initial distance matrix of re-ranking is symmetric, so it is computed as
-blocks D[I, J] for I <= J only, and each off-diagonal block serves both its row block's
-and its column block's neighbour lists (and row maxima). Every pair is seen once, by one
-block: the matrix used is exactly symmetric off the diagonal blocks, and the same block,
-recomputed later, gives the same bits.
+blocks D[I, J] for I <= J only (half the matrix products), and each off-diagonal block
+serves both its row block's and its column block's neighbour lists and row maxima. Every
+pair is computed once, by one block, so the matrix used is exactly symmetric off the
+diagonal blocks; its query x gallery part can be kept on the way (the stash), so the
+final distances use the same bits and are never computed again.
 
 The k nearest of each row are kept by a running threshold: a row's k-th smallest distance
 so far (first taken from its own diagonal block) is an upper bound of its final one, so
@@ -37,6 +38,16 @@ def unpack_values(keys):
     return vals.masked_fill(keys == _EMPTY, float('inf'))
 
 
+def _stack(q, g):
+    """torch.cat([q, g]), without a copy when g already follows q in memory (the evaluator's
+    query and gallery are two views of one tensor)."""
+    if (q.is_contiguous() and g.is_contiguous() and q.dtype == g.dtype and q.shape[1:] == g.shape[1:]
+            and g.data_ptr() == q.data_ptr() + q.numel() * q.element_size()
+            and q.untyped_storage().data_ptr() == g.untyped_storage().data_ptr()):
+        return torch.as_strided(q, (q.shape[0] + g.shape[0],) + q.shape[1:], q.stride(), q.storage_offset())
+    return torch.cat([q, g])
+
+
 class StackedFeatures:
     """Query+gallery features (galFea=None: the queries alone) and their initial distances.
 
@@ -49,7 +60,7 @@ class StackedFeatures:
         if dist not in INITIAL_DISTANCES:
             raise ValueError(f'unknown re-ranking distance {dist!r}; use one of {INITIAL_DISTANCES}')
         q = as_tensor(probFea)
-        feats = q if galFea is None else torch.cat([q, as_tensor(galFea).to(q.device)])
+        feats = q if galFea is None else _stack(q, as_tensor(galFea).to(q.device))
         self.feats = F.normalize(feats, dim=1) if dist == 'cosine_sq' else feats
         self.sq = self.feats.pow(2).sum(1)
         self.dist = dist
@@ -104,7 +115,7 @@ class NeighbourLists:
         for b in range(nb):  # diagonal blocks first: a first bound for every row
             i0, i1 = stacked.span(b)
             d = stacked.distance_block(b, b)
-            self._keep(d, i0, i1, i0, i1)
+            self._stash_block(d, i0, i1, i0, i1)
             self.rowmax[i0:i1] = d.amax(1)
             if i1 - i0 >= k:
                 self.bound[i0:i1] = d.topk(k, dim=1, largest=False).values[:, -1]
@@ -115,8 +126,8 @@ class NeighbourLists:
             for bj in range(bi + 1, nb):
                 j0, j1 = stacked.span(bj)
                 d = stacked.distance_block(bi, bj)
-                self._keep(d, i0, i1, j0, j1)
-                self._keep(d.t(), j0, j1, i0, i1)
+                self._stash_block(d, i0, i1, j0, j1)
+                self._stash_block(d.t(), j0, j1, i0, i1)
                 torch.maximum(self.rowmax[i0:i1], d.amax(1), out=self.rowmax[i0:i1])
                 torch.maximum(self.rowmax[j0:j1], d.amax(0), out=self.rowmax[j0:j1])
                 bound_i, bound_j = self.bound[i0:i1], self.bound[j0:j1]
@@ -130,8 +141,9 @@ class NeighbourLists:
         if bool((self.keys == _EMPTY).any()):
             raise ValueError('re-ranking needs finite features (some distances are NaN)')
         self.index = self.keys & 0xFFFFFFFF
+        self.distances = unpack_values(self.keys)
 
-    def _keep(self, d, i0, i1, j0, j1):
+    def _stash_block(self, d, i0, i1, j0, j1):
         """Copy the query x gallery part of block d (rows i0..i1, columns j0..j1) to the stash."""
         if self.stash is None:
             return

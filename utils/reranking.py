@@ -29,9 +29,22 @@ from .pairs import expand
 
 __all__ = ['INITIAL_DISTANCES', 'KReciprocal', 're_ranking', 're_ranking_chunks', 're_ranking_sweep']
 
-_PAIRS = 1 << 14  # feature pairs per gather when weighting V
+_PAIRS = 1 << 16  # pairs per step when weighting V
 _ROWS = 4096  # rows per step of the neighbour-set computations
-_CHUNK_ELEMENTS = {'cpu': 1 << 22, 'cuda': 1 << 26}  # query x gallery entries per chunk
+_CHUNK_ELEMENTS = {'cpu': 1 << 23, 'cuda': 1 << 26}  # query x gallery entries per chunk
+
+
+def _row_sums(rows, values, n):
+    """float32 sum of each row's values, added one by one in their order (rows sorted): the
+    same bits on every device and in every run, unlike an index_add_ with repeated rows."""
+    counts = torch.bincount(rows, minlength=n)
+    slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    by_slot = torch.zeros(int(counts.max()) if rows.numel() else 0, n, device=values.device)
+    by_slot[slot, rows] = values
+    total = torch.zeros(n, device=values.device)
+    for column in by_slot:
+        total += column
+    return total
 
 
 def as_list(value):
@@ -39,19 +52,34 @@ def as_list(value):
 
 
 class KReciprocal:
-    """Sparse k-reciprocal encodings of the stacked features for one (k1, k2).
+    """Sparse k-reciprocal encodings of the stacked features for one (k1, k2), and the
+    Jaccard / re-ranked distances of query rows on demand.
 
-    V is kept as CSR (crow, col, val: float32 holding float16 values) after query
-    expansion, and column-major over the gallery rows (g_ptr, g_rows, g_vals).
+    probFea, galFea, dist, block as for re_ranking. neighbours: a NeighbourLists of these
+    features (for k >= k1 + 1) to share, as a sweep does; its stash holds the initial query
+    x gallery distances that lambda > 0 needs. V is kept as CSR (crow, col, val: float32
+    holding float16 values) after query expansion, and column-major over the gallery rows
+    (g_ptr, g_rows, g_vals).
     """
 
-    def __init__(self, stacked, neighbours, k1=20, k2=6):
-        self.stacked, self.n = stacked, stacked.n
+    def __init__(self, probFea=None, galFea=None, k1=20, k2=6, lambda_value=0.3,
+                 dist='euclidean', block=None, neighbours=None):
+        if neighbours is None:
+            stacked = StackedFeatures(probFea, galFea, dist, block)
+            stash = None if lambda_value == 0 else torch.empty(
+                stacked.num_query, stacked.n - stacked.gal_start, device=stacked.device)
+            neighbours = NeighbourLists(stacked, k1 + 1, stash)
+        if neighbours.k < min(k1 + 1, neighbours.stacked.n):
+            raise ValueError(f'neighbour lists of {neighbours.k} are too short for k1={k1}')
+        self.neighbours, self.lam = neighbours, lambda_value
+        self.stacked = stacked = neighbours.stacked
+        self.n = stacked.n
         self.rowmax = neighbours.rowmax
         self.kf = min(k1 + 1, self.n)  # a row's forward neighbours, itself included
         self.kh = min(int(np.around(k1 / 2)) + 1, self.n)
         self.k2 = min(k2, self.n)
         self.rank = neighbours.index[:, :self.kf]
+        self.dist = neighbours.distances[:, :self.kf]
         rows, cols, vals = self._encode()
         self._query_expansion(rows, cols, vals)
         self._index_gallery()
@@ -84,7 +112,9 @@ class KReciprocal:
         return rows, cols
 
     def _encode(self):
-        """Sparse V: V[i, j] = exp(-d_ij) / sum over i's expanded set, rounded to float16."""
+        """Sparse V: V[i, j] = exp(-d_ij) / sum over i's expanded set, rounded to float16.
+        d_ij is the neighbour pass's own distance where j is one of i's k1 + 1 nearest (nearly
+        always), a gathered dot product otherwise."""
         steps = [(s, min(s + _ROWS, self.n)) for s in range(0, self.n, _ROWS)]
         half_mask = torch.cat([self._reciprocal(self.kh, s, e) for s, e in steps])
         keys = []
@@ -93,12 +123,17 @@ class KReciprocal:
             keys.append(torch.unique(rows * self.n + cols))
         keys = torch.cat(keys)  # sorted: each chunk sorted, chunks in row order
         rows, cols = keys // self.n, keys % self.n
-        weight = torch.empty(keys.numel(), device=keys.device)
+        dist = torch.empty(keys.numel(), device=keys.device)
         for p in range(0, keys.numel(), _PAIRS):
             i, j = rows[p:p + _PAIRS], cols[p:p + _PAIRS]
-            weight[p:p + _PAIRS] = torch.exp(-self.stacked.pair_distances(i, j) / self.rowmax[i])
-        total = torch.zeros(self.n, device=keys.device).index_add_(0, rows, weight)
-        return rows, cols, (weight / total[rows]).half().float()
+            listed = self.rank[i] == j[:, None]  # most members are among i's own neighbours
+            found = listed.any(1)
+            dist[p:p + _PAIRS] = self.dist[i].gather(1, listed.int().argmax(1, keepdim=True))[:, 0]
+            if not found.all():
+                lost = (~found).nonzero().squeeze(1)
+                dist[p + lost] = self.stacked.pair_distances(i[lost], j[lost])
+        weight = torch.exp(-dist / self.rowmax[rows])
+        return rows, cols, (weight / _row_sums(rows, weight, self.n)[rows]).half().float()
 
     def _query_expansion(self, rows, cols, vals):
         """V[i] <- mean of V over i's k2 nearest rows, as numpy's float16 mean: float32 sums
@@ -150,8 +185,8 @@ class KReciprocal:
         Step e adds every query row's e-th non-zero column k for all gallery rows holding
         column k: no (i, j) is touched twice in one step, so the float16 rounding after each
         addition happens in upstream's order whatever the chunking or device. All the
-        (i, j, k) terms are listed at once, grouped by step; a step is one index_add_ of a
-        slice (float16 adds compute in float32 and round, as numpy's do).
+        (i, j, k) terms are listed at once, grouped by step; a step adds one slice of them
+        (float16 adds compute in float32 and round, as numpy's do).
         """
         g = self.stacked.n - self.stacked.gal_start
         dev = self.val.device
@@ -166,28 +201,41 @@ class KReciprocal:
         k = self.col[ent]
         lengths = self.g_ptr[k + 1] - self.g_ptr[k]
         total = int(lengths.sum())
-        shift = self.g_ptr[k] - (lengths.cumsum(0) - lengths)
-        held = torch.arange(total, device=dev) + torch.repeat_interleave(shift, lengths, output_size=total)
-        flat = torch.repeat_interleave(row * g, lengths, output_size=total) + self.g_rows[held]
-        if acc.numel() < 2 ** 31:
-            flat = flat.int()
-        terms = torch.minimum(torch.repeat_interleave(self.val[ent].half(), lengths, output_size=total),
-                              self.g_vals[held])
+        which = torch.repeat_interleave(torch.arange(ent.numel(), device=dev), lengths, output_size=total)
+        held = (self.g_ptr[k] - (lengths.cumsum(0) - lengths))[which]
+        held += torch.arange(total, device=dev)  # the gallery rows holding column k, in turn
+        flat = (row * g)[which] + self.g_rows[held]
+        terms = torch.minimum(self.val[ent].half()[which], self.g_vals[held])
         per_step = torch.zeros(int(step[-1]) + 1, dtype=torch.int64, device=dev)
         bounds = [0] + per_step.index_add_(0, step, lengths).cumsum(0).tolist()
         for a, b in zip(bounds[:-1], bounds[1:]):
-            acc.index_add_(0, flat[a:b], terms[a:b])
+            acc.index_put_((flat[a:b],), terms[a:b], accumulate=True)
         return acc.view(end - start, g)
 
-    def final(self, start, end, original, lambdas):
-        """Final distances of query rows start..end for each lambda (float32 tensors).
-
-        original: those rows' initial distances divided by their row maxima."""
+    def _jaccard(self, start, end):
         t = self.overlap(start, end)
-        jaccard = 1 - t / (2 - t)  # upstream's float16 arithmetic, one rounding per operation
+        return 1 - t / (2 - t)  # upstream's float16 arithmetic, one rounding per operation
+
+    def jaccard_rows(self, start, end):
+        """The Jaccard distances alone [end-start, G] (float32 holding float16 values)."""
+        return self._jaccard(start, end).float()
+
+    def final(self, start, end, lambdas):
+        """Re-ranked distances of query rows start..end for each lambda (float32 tensors):
+        (1 - lambda) * Jaccard in float16, plus lambda * the row-normalised initial distance."""
+        jaccard = self._jaccard(start, end)
+        stash = self.neighbours.stash
+        if stash is None and any(lam != 0 for lam in lambdas):
+            raise ValueError('lambda > 0 needs the initial distances: build with lambda_value > 0')
+        original = None if stash is None else stash[start:end] / self.rowmax[start:end, None]
         for lam in lambdas:
-            keep = torch.tensor(1 - lam, dtype=torch.float16, device=t.device)
-            yield (jaccard * keep).float() + original * lam
+            keep = torch.tensor(1 - lam, dtype=torch.float16, device=jaccard.device)
+            part = (jaccard * keep).float()
+            yield part if original is None else part + original * lam
+
+    def rows(self, start, end):
+        """Re-ranked distances [end-start, G] of query rows start..end for lambda_value."""
+        return next(self.final(start, end, [self.lam]))
 
 
 def re_ranking_sweep(probFea, galFea, k1=20, k2=6, lambda_value=0.3, dist='euclidean',
@@ -210,11 +258,10 @@ def re_ranking_sweep(probFea, galFea, k1=20, k2=6, lambda_value=0.3, dist='eucli
     elements = _CHUNK_ELEMENTS.get(stacked.device.type, _CHUNK_ELEMENTS['cuda'])
     rows = rows or max(1, elements // max(g, 1))
     for (i1, a), (i2, b) in product(enumerate(k1s), enumerate(k2s)):
-        kr = KReciprocal(stacked, neighbours, a, b)
+        kr = KReciprocal(k1=a, k2=b, neighbours=neighbours)
         for start in range(0, q, rows):
             end = min(start + rows, q)
-            original = stash[start:end] / neighbours.rowmax[start:end, None]
-            for i3, chunk in enumerate(kr.final(start, end, original, lambdas)):
+            for i3, chunk in enumerate(kr.final(start, end, lambdas)):
                 setting = (i1 * len(k2s) + i2) * len(lambdas) + i3
                 if in_place:
                     chunk = stash[start:end].copy_(chunk)
