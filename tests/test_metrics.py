@@ -162,7 +162,8 @@ def test_reranking_sweep_table_equals_separate_runs():
     assert len(set(r['mAP'] for r in table)) > 1  # the settings do differ
     lines = format_sweep(table)
     assert len(lines) == 9 and lines[1].split()[:3] == ['4', '1', '0.300']
-    assert lines[1].endswith(f'{100 * table[0]["Rank-10"]:9.1f}%')
+    assert lines[1].endswith(f'  {100 * table[0]["Rank-10"]:6.1f}%')
+    assert len(set(len(line) for line in lines)) == 1  # aligned columns
 
 
 def test_distributed_compute_gathers_in_rank_order(monkeypatch):

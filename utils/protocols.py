@@ -131,10 +131,11 @@ def sweep_table(spec, metrics):
 def format_sweep(table):
     """Text lines of a sweep table (percentages), for the log."""
     names = [k for k in table[0] if k not in ('k1', 'k2', 'lambda')]
-    lines = ['  k1   k2  lambda  ' + '  '.join(f'{n:>10s}' for n in names)]
+    widths = [max(7, len(n)) for n in names]
+    lines = ['  k1   k2  lambda  ' + '  '.join(f'{n:>{w}s}' for n, w in zip(names, widths))]
     for row in table:
         lines.append(f'{row["k1"]:4d} {row["k2"]:4d}  {row["lambda"]:6.3f}  '
-                     + '  '.join(f'{100 * row[n]:9.1f}%' for n in names))
+                     + '  '.join(f'{100 * row[n]:{w - 1}.1f}%' for n, w in zip(names, widths)))
     return lines
 
 
