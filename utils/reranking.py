@@ -31,6 +31,7 @@ __all__ = ['INITIAL_DISTANCES', 'KReciprocal', 're_ranking', 're_ranking_chunks'
 
 _PAIRS = 1 << 16  # pairs per step when weighting V
 _ROWS = 4096  # rows per step of the neighbour-set computations
+_QE_ENTRIES = 1 << 20  # V entries gathered per step of the query expansion
 _CHUNK_ELEMENTS = {'cpu': 1 << 23, 'cuda': 1 << 26}  # query x gallery entries per chunk
 
 
@@ -141,15 +142,15 @@ class KReciprocal:
         crow = torch.zeros(self.n + 1, dtype=torch.int64, device=rows.device)
         crow[1:] = torch.bincount(rows, minlength=self.n).cumsum(0)
         if self.k2 == 1:
-            self.crow, self.col, self.val = crow, cols, vals
+            self.crow, self.col, self.val = crow, cols.int(), vals
             return
-        out_keys, out_vals = [], []
-        step = max(1, (1 << 22) // max(1, self.k2 * int(crow[-1]) // max(1, self.n)))
+        out_counts, out_cols, out_vals = torch.zeros(self.n, dtype=torch.int64, device=rows.device), [], []
+        step = max(1, _QE_ENTRIES // max(1, self.k2 * int(crow[-1]) // max(1, self.n)))
         for s in range(0, self.n, step):
             e = min(s + step, self.n)
             src = self.rank[s:e, :self.k2].reshape(-1)
             idx, owner = expand(crow[src], crow[src + 1] - crow[src])
-            ukey, inv = torch.unique((owner // self.k2 + s) * self.n + cols[idx], return_inverse=True)
+            ukey, inv = torch.unique((owner // self.k2) * self.n + cols[idx], return_inverse=True)
             by_t = torch.sort(owner % self.k2, stable=True)
             bounds = [0] + torch.bincount(by_t.values, minlength=self.k2).cumsum(0).tolist()
             total = torch.zeros(ukey.numel(), device=rows.device)
@@ -158,24 +159,26 @@ class KReciprocal:
                 total.index_add_(0, inv[take], vals[idx[take]])
             mean = (total / self.k2).half().float()
             keep = mean != 0
-            out_keys.append(ukey[keep])
+            ukey = ukey[keep]
+            out_counts[s:e] = torch.bincount(ukey // self.n, minlength=e - s)
+            out_cols.append((ukey % self.n).int())
             out_vals.append(mean[keep])
-        keys = torch.cat(out_keys)
-        self.col, self.val = keys % self.n, torch.cat(out_vals)
-        self.crow = torch.zeros(self.n + 1, dtype=torch.int64, device=keys.device)
-        self.crow[1:] = torch.bincount(keys // self.n, minlength=self.n).cumsum(0)
+        self.col, self.val = torch.cat(out_cols), torch.cat(out_vals)
+        self.crow = torch.zeros(self.n + 1, dtype=torch.int64, device=rows.device)
+        self.crow[1:] = out_counts.cumsum(0)
 
     def _index_gallery(self):
         """Column-major index of the gallery rows of V: who has a weight on column k."""
         gal_start = self.stacked.gal_start
-        rows = torch.repeat_interleave(torch.arange(self.n, device=self.crow.device),
-                                       self.crow[1:] - self.crow[:-1])
-        gal = rows >= gal_start
-        order = torch.sort(self.col[gal], stable=True).indices
-        self.g_rows = (rows[gal] - gal_start)[order]
-        self.g_vals = self.val[gal][order].half()
-        self.g_ptr = torch.zeros(self.n + 1, dtype=torch.int64, device=rows.device)
-        self.g_ptr[1:] = torch.bincount(self.col[gal], minlength=self.n).cumsum(0)
+        first = int(self.crow[gal_start])  # CSR rows are in order: the gallery's entries follow
+        cols = self.col[first:]
+        order = torch.sort(cols, stable=True).indices
+        counts = self.crow[gal_start + 1:] - self.crow[gal_start:-1]
+        rows = torch.repeat_interleave(torch.arange(counts.numel(), device=cols.device), counts)
+        self.g_rows = rows[order].int()
+        self.g_vals = self.val[first:][order].half()
+        self.g_ptr = torch.zeros(self.n + 1, dtype=torch.int64, device=cols.device)
+        self.g_ptr[1:] = torch.bincount(cols, minlength=self.n).cumsum(0)
 
     # -- final distances -----------------------------------------------------------------
     def overlap(self, start, end):
