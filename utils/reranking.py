@@ -175,7 +175,7 @@ class KReciprocal:
         order = torch.sort(cols, stable=True).indices
         counts = self.crow[gal_start + 1:] - self.crow[gal_start:-1]
         rows = torch.repeat_interleave(torch.arange(counts.numel(), device=cols.device), counts)
-        self.g_rows = rows[order].int()
+        self.g_rows = rows[order]
         self.g_vals = self.val[first:][order].half()
         self.g_ptr = torch.zeros(self.n + 1, dtype=torch.int64, device=cols.device)
         self.g_ptr[1:] = torch.bincount(cols, minlength=self.n).cumsum(0)
@@ -205,14 +205,15 @@ class KReciprocal:
         lengths = self.g_ptr[k + 1] - self.g_ptr[k]
         total = int(lengths.sum())
         which = torch.repeat_interleave(torch.arange(ent.numel(), device=dev), lengths, output_size=total)
-        held = (self.g_ptr[k] - (lengths.cumsum(0) - lengths))[which]
+        held = (self.g_ptr[k] - (lengths.cumsum(0) - lengths)).index_select(0, which)
         held += torch.arange(total, device=dev)  # the gallery rows holding column k, in turn
-        flat = (row * g)[which] + self.g_rows[held]
-        terms = torch.minimum(self.val[ent].half()[which], self.g_vals[held])
+        flat = (row * g).index_select(0, which) + self.g_rows.index_select(0, held)
+        terms = torch.minimum(self.val[ent].half().index_select(0, which), self.g_vals.index_select(0, held))
         per_step = torch.zeros(int(step[-1]) + 1, dtype=torch.int64, device=dev)
         bounds = [0] + per_step.index_add_(0, step, lengths).cumsum(0).tolist()
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            acc.index_put_((flat[a:b],), terms[a:b], accumulate=True)
+        for a, b in zip(bounds[:-1], bounds[1:]):  # indices unique within a step
+            f = flat[a:b]
+            acc.index_copy_(0, f, acc.index_select(0, f) + terms[a:b])
         return acc.view(end - start, g)
 
     def _jaccard(self, start, end):
