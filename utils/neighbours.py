@@ -161,10 +161,10 @@ class NeighbourLists:
         live = counts.nonzero().squeeze(1)
         width = int(counts.max())
         slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
-        where = torch.searchsorted(live, rows)
+        where = torch.cumsum(counts > 0, 0) - 1  # position of each live row among them
         dense = torch.full((live.numel(), k + width), _EMPTY, dtype=torch.int64, device=rows.device)
         dense[:, :k] = self.keys[r0 + live]
-        dense[where, k + slot] = pack(vals, cols)
+        dense[where[rows], k + slot] = pack(vals, cols)
         best = dense.topk(k, dim=1, largest=False).values
         self.keys[r0 + live] = best
         self.bound[r0 + live] = unpack_values(best[:, -1])
