@@ -19,8 +19,10 @@ allocations; CUDA: torch.cuda.max_memory_allocated).
 
 The upstream functions are read at run time from git mirrors of Syliz517/CLIP-ReID and
 Chloe-Yu/CLIP-ReID (--upstream, --animal); a missing mirror skips its comparison. Figures
-depend on the machine being otherwise idle: torch's worker threads wait on each other
-when another process holds a core. The load average is printed with the table.
+depend on the machine being otherwise idle: torch's worker threads spin and wait on each
+other when another process holds a core, while upstream's numpy loops use one core anyway.
+The load average is printed with the table; on a shared machine compare with --threads 1
+(or OMP_WAIT_POLICY=PASSIVE).
 """
 import argparse
 import json
@@ -163,6 +165,8 @@ STEPS = {'eval_func': bench_eval_func, 'rerank_animal': bench_rerank_animal,
 def child(args):
     sys.path.insert(0, REPO)
     import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = STEPS[args.child](args)
     if args.device == 'cuda':
         out['peak_gib'] = torch.cuda.max_memory_allocated() / GIB
@@ -176,6 +180,7 @@ def child(args):
 def measure(args, step, scale):
     cmd = [sys.executable, os.path.abspath(__file__), '--child', step, '--scale', scale,
            '--dim', str(args.dim), '--device', args.device, '--repeats', str(args.repeats),
+           '--threads', str(args.threads),
            '--upstream', args.upstream, '--animal', args.animal]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
@@ -226,6 +231,8 @@ def parse_args(argv=None):
     parser.add_argument('--dim', type=int, default=1280)
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--repeats', type=int, default=3, help='runs of our timed steps (best kept)')
+    parser.add_argument('--threads', type=int, default=0,
+                        help='torch threads in every measurement (0: torch\'s default, all cores)')
     parser.add_argument('--upstream', default=os.path.join(MIRRORS, 'Syliz517+CLIP-ReID/repo'))
     parser.add_argument('--animal', default=os.path.join(MIRRORS, 'Chloe-Yu+CLIP-ReID/repo'))
     parser.add_argument('--child', choices=sorted(STEPS), help=argparse.SUPPRESS)

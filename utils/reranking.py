@@ -32,7 +32,10 @@ __all__ = ['INITIAL_DISTANCES', 'KReciprocal', 're_ranking', 're_ranking_chunks'
 _PAIRS = 1 << 16  # pairs per step when weighting V
 _ROWS = 4096  # rows per step of the neighbour-set computations
 _QE_ENTRIES = 1 << 20  # V entries gathered per step of the query expansion
-_CHUNK_ELEMENTS = {'cpu': 1 << 23, 'cuda': 1 << 26}  # query x gallery entries per chunk
+# query x gallery entries per chunk of final distances; on the CPU the Jaccard accumulator
+# of a chunk should stay in cache, but a chunk should still have a few dozen rows
+_CHUNK_ELEMENTS = {'cpu': 1 << 20, 'cuda': 1 << 26}
+_MIN_ROWS = 32
 
 
 def _row_sums(rows, values, n):
@@ -260,7 +263,7 @@ def re_ranking_sweep(probFea, galFea, k1=20, k2=6, lambda_value=0.3, dist='eucli
     stash = torch.from_numpy(out) if in_place else torch.empty(q, g, device=stacked.device)
     neighbours = NeighbourLists(stacked, max(k1s) + 1, stash)
     elements = _CHUNK_ELEMENTS.get(stacked.device.type, _CHUNK_ELEMENTS['cuda'])
-    rows = rows or max(1, elements // max(g, 1))
+    rows = rows or max(_MIN_ROWS, elements // max(g, 1))
     for (i1, a), (i2, b) in product(enumerate(k1s), enumerate(k2s)):
         kr = KReciprocal(k1=a, k2=b, neighbours=neighbours)
         for start in range(0, q, rows):
