@@ -113,3 +113,17 @@ def test_key_index_pairs_and_masks():
     assert mask.sum() == 5 and mask[2].tolist() == [False, True, False, False, True, False]
     empty = KeyIndex(torch.zeros(0, dtype=torch.int64)).pairs(torch.tensor([1]))
     assert empty[0].numel() == 0
+
+
+def test_collector_takes_pairs_or_masks():
+    from utils.ranking import RankCollector
+    rng = np.random.default_rng(4)
+    dist, q_pids, g_pids, excluded = random_case(rng, 12, 40, 3)
+    by_pairs = RankCollector(q_pids, g_pids, lambda s, e: tuple(map(torch.as_tensor, np.nonzero(excluded[s:e]))))
+    by_mask = RankCollector(q_pids, g_pids, lambda s, e: torch.as_tensor(excluded[s:e]))
+    for start in range(0, 12, 5):
+        for collector in (by_pairs, by_mask):
+            collector.add(start, min(start + 5, 12), torch.as_tensor(dist[start:start + 5]))
+    expected = loop_ranks(dist, q_pids, g_pids, excluded)
+    for stats in (by_pairs.stats(), by_mask.stats()):
+        assert np.array_equal(stats.num_pos, expected[0]) and np.array_equal(stats.ranks, expected[1])

@@ -90,7 +90,7 @@ class EvalResult:
     g_camids: Optional[np.ndarray] = None
     q_paths: Optional[list] = None
     g_paths: Optional[list] = None
-    excluded: Optional[Callable] = None  # (start, end) -> (rows, cols) pairs of ignored entries
+    excluded: Optional[Callable] = None  # (start, end) -> (rows, cols) pairs (or a bool mask) of ignored entries
     extra: dict = field(default_factory=dict)
 
     def summary(self):
@@ -101,7 +101,10 @@ class EvalResult:
         """[G] bool: gallery entries the protocol ignores for query q."""
         if self.excluded is None:
             return np.zeros(len(self.g_pids), dtype=bool)
-        return pairs_to_mask(self.excluded(q, q + 1), 1, len(self.g_pids))[0].cpu().numpy()
+        ignored = self.excluded(q, q + 1)
+        if not torch.is_tensor(ignored):
+            ignored = pairs_to_mask(ignored, 1, len(self.g_pids))
+        return ignored[0].cpu().numpy()
 
 
 def scan(spec, q, g, excluded, keep_distmat=True):

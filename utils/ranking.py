@@ -22,7 +22,7 @@ import torch
 from .pairs import KeyIndex, pairs_to_mask, union
 
 _INT64_MAX = torch.iinfo(torch.int64).max
-_CPU_ELEMENTS = 1 << 20  # entries per pass on the CPU: the temporaries stay in cache
+_CPU_ELEMENTS = 1 << 22  # entries per pass on the CPU: few, large parallel operations
 
 
 def order_keys(dist):
@@ -87,12 +87,14 @@ def _count_before(dist, prow, pcol, pval, work):
     hi = torch.full_like(lo, -float('inf')).scatter_reduce(0, prow, pval, 'amax')
     lo, hi = torch.where(lo <= hi, lo, 0), torch.where(lo <= hi, hi, 0)
     span = torch.where(hi > lo, hi - lo, torch.where(lo != 0, lo.abs(), 1))
-    # a monotone map of the distances to bins; the named entries' bins are read back from
-    # the same tensor, so rounding cannot put an entry on the wrong side of one of them
+    # a monotone map of the distances to the bins of their row (row r: r * width .. + bins + 2);
+    # the named entries' bins are read back from the same tensor, so rounding cannot put an
+    # entry on the wrong side of one of them
+    base = (torch.arange(r, device=dev, dtype=dist.dtype) * width + 1)[:, None]
     x = torch.sub(dist, lo[:, None], out=work[0][:r * g].view(r, g))
-    x.mul_((bins / span)[:, None]).clamp_(-1, bins + 1).nan_to_num_(nan=bins + 1)
-    q = work[1][:r * g].view(r, g).copy_(x)  # truncation: -1..bins+1
-    q += (torch.arange(r, device=dev, dtype=torch.int32) * width + 1)[:, None]
+    x = torch.addcmul(base, x, (bins / span)[:, None], out=x)
+    x = torch.fmin(x, base + bins + 1, out=x).clamp_(min=base - 1)  # fmin: nan -> above all
+    q = work[1][:r * g].view(r, g).copy_(x)  # truncation = floor: all values are >= 0
     q = q.view(-1)
     flat = prow * g + pcol
     pbin = q[flat].long()
@@ -164,7 +166,8 @@ def match_ranks(dist, q_pids, g_index, excluded=None):
 class RankCollector:
     """Runs match_ranks over the (start, end, dist_rows) chunks of one query x gallery matrix.
 
-    excluded_fn(start, end) gives the (rows, cols) pairs the protocol ignores, or None.
+    excluded_fn(start, end) gives what the protocol ignores in rows start..end: (rows, cols)
+    pairs (rows counted from start), or an [end-start, G] bool mask, or None.
     """
 
     def __init__(self, q_pids, g_pids, excluded_fn=None):
@@ -178,7 +181,9 @@ class RankCollector:
             self.on_device[dev] = (self.q_pids.to(dev), KeyIndex(self.g_pids.to(dev)))
         q_pids, g_index = self.on_device[dev]
         excl = self.excluded_fn(start, end) if self.excluded_fn is not None else None
-        if excl is not None:
+        if torch.is_tensor(excl):
+            excl = excl.to(dev).nonzero(as_tuple=True)
+        elif excl is not None:
             excl = (excl[0].to(dev), excl[1].to(dev))
         num, ranks = match_ranks(dist, q_pids[start:end], g_index, excl)
         self.nums.append(num.cpu().numpy())
