@@ -94,11 +94,17 @@ def bench_eval_func(args):
     q_pids, g_pids = rng.integers(0, num_ids, num_q), rng.integers(0, num_ids, num_g)
     q_cams, g_cams = rng.integers(0, 6, num_q), rng.integers(0, 6, num_g)
     on = torch.from_numpy(dist).to(args.device) if args.device != 'cpu' else dist
-    ours, (cmc, mAP) = timed(lambda: (eval_func(on, q_pids, g_pids, q_cams, g_cams), sync(args.device))[0],
-                             args.repeats)
+
+    def ours_run():
+        out = eval_func(on, q_pids, g_pids, q_cams, g_cams)
+        sync(args.device)
+        return out
+
+    ours, (cmc, mAP) = timed(ours_run, args.repeats)
     out = {'ours_s': ours}
     if upstream is not None:
-        theirs, (cmc_up, mAP_up) = timed(lambda: upstream.eval_func(dist, q_pids, g_pids, q_cams, g_cams), 1)
+        theirs, (cmc_up, mAP_up) = timed(
+            lambda: upstream.eval_func(dist, q_pids, g_pids, q_cams, g_cams), 1)
         out.update(ref_s=theirs, same_cmc=bool(np.array_equal(cmc, cmc_up)),
                    map_diff=abs(float(mAP) - float(mAP_up)))
     return out
@@ -110,7 +116,8 @@ def bench_rerank_animal(args):
     from utils.reranking import re_ranking
     animal = load_upstream(args.animal, 're_ranking.py', 'animal_re_ranking')
     num_q, num_g = SCALES['market'][0] // 2, SCALES['market'][1] // 2
-    feats = F.normalize(torch.randn(num_q + num_g, 256, generator=torch.Generator().manual_seed(0)), dim=1)
+    gen = torch.Generator().manual_seed(0)
+    feats = F.normalize(torch.randn(num_q + num_g, 256, generator=gen), dim=1)
     q, g = feats[:num_q].to(args.device), feats[num_q:].to(args.device)
     ours, dist = timed(lambda: (re_ranking(q, g, 20, 6, 0.3, dist='cosine_sq'), sync(args.device))[0],
                        args.repeats)
@@ -205,7 +212,8 @@ def rows_for(args, scale):
         r = measure(args, 'eval_func', scale)
         ref = f'upstream eval_func {secs(r["ref_s"])}' if 'ref_s' in r else 'no upstream mirror'
         ratio = f'{r["ref_s"] / r["ours_s"]:.1f}x faster' if 'ref_s' in r else ''
-        note = (f'; CMC {"identical" if r["same_cmc"] else "DIFFERENT"}, mAP differs by {r["map_diff"]:.1e}'
+        note = (f'; CMC {"identical" if r["same_cmc"] else "DIFFERENT"}, '
+                f'mAP differs by {r["map_diff"]:.1e}'
                 if 'ref_s' in r else '')
         rows.append([size(scale), 'eval_func', secs(r['ours_s']), ref + note, ratio, ''])
         r = measure(args, 'rerank_animal', scale)
@@ -268,7 +276,8 @@ def describe(device):
         return torch.cuda.get_device_name()
     model = 'CPU'
     if os.path.exists('/proc/cpuinfo'):
-        names = [line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')]
+        with open('/proc/cpuinfo') as f:
+            names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
         model = names[0] if names else model
     return f'{model}, {os.cpu_count()} cores'
 

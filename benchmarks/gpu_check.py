@@ -20,8 +20,6 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 DEADLINE = [float('inf')]  # time.monotonic() by which everything must be done
 
 
@@ -69,7 +67,8 @@ def step_train(args):
             method = 'CLIP-ReID stage 2' if r['method'] == 'clipreid' else 'PCL'
             if not args.dry_run and r['amp'] != f'torch.{"bfloat16" if amp == "bf16" else "float16"}':
                 raise StepFailed(f'bench_train ran with autocast {r["amp"]}, not {amp}')
-            setting = f'{base[1]} {base[3]}x{base[4]}, batch {base[6]}, {label}'
+            setting = f'{base[1]} {base[3]}x{base[4]}, batch {base[6]}, ' + (
+                'SOLVER.AMP ignored on the CPU' if args.dry_run else label)
             rows.append([f'training: {method}', setting, f'{r["samples_per_s"]:.1f} samples/s',
                          f'{r["seconds_per_iter"]:.3f} s/iteration', f'{r["peak_gib"]:.2f} GiB'])
     return rows
@@ -94,7 +93,8 @@ def step_torchrun(args):
     running = re.search(r'Running on (\S+) \((\d+) process', log)
     mAP = re.findall(r'mAP\s+([\d.]+)%', log)
     if not running or not mAP or (not args.dry_run and not running.group(1).startswith('cuda')):
-        raise StepFailed(f'the torchrun log does not show training and evaluation on {device}:\n{log[-3000:]}')
+        raise StepFailed(f'the torchrun log does not show training and evaluation on {device}:\n'
+                         f'{log[-3000:]}')
     backend = 'gloo' if args.dry_run else 'NCCL'
     return [['torchrun, 1 process', f'PCL on demo data, {backend} on {running.group(1)}, 2 epochs',
              f'mAP {mAP[-1]}% (tiny random CLIP)', '', '']]
@@ -129,7 +129,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--dry-run', action='store_true', help='the same steps on the CPU at toy sizes')
     parser.add_argument('--steps', default=','.join(name for name, _ in STEPS))
-    parser.add_argument('--work', default='', help='folder for generated data (default: a temporary one)')
+    parser.add_argument('--work', default='',
+                        help='folder for generated data (default: a temporary one)')
     parser.add_argument('--budget', type=float, default=480, help='seconds for all steps')
     args = parser.parse_args()
     DEADLINE[0] = time.monotonic() + args.budget

@@ -32,7 +32,8 @@ def distance_block(a, b, metric, b_sq=None, out=None):
     if metric == 'euclidean':
         if b_sq is None:
             b_sq = b.pow(2).sum(1)
-        return torch.add(a.pow(2).sum(1, keepdim=True), b_sq[None, :], out=out).addmm_(a, b.t(), alpha=-2)
+        norms = torch.add(a.pow(2).sum(1, keepdim=True), b_sq[None, :], out=out)
+        return norms.addmm_(a, b.t(), alpha=-2)
     if metric == 'cosine':
         return torch.mm(a, b.t(), out=out).neg_().add_(1)
     raise ValueError(f'unknown distance {metric!r}; use one of {METRICS}')
@@ -60,7 +61,8 @@ def distance_chunks(qf, gf, metric='euclidean', rows=None, block=BLOCK, out=None
         chunk = target[start:end] if target is not None else torch.empty(
             end - start, gf.shape[0], device=qf.device)
         for b in range(start, end, block):
-            distance_block(qf[b:min(b + block, end)], gf, metric, g_sq, out=chunk[b - start:b - start + block])
+            rows_out = chunk[b - start:b - start + block]
+            distance_block(qf[b:min(b + block, end)], gf, metric, g_sq, out=rows_out)
         if out is not None and target is None:
             out[start:end] = chunk.cpu().numpy()
         yield start, end, chunk

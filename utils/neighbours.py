@@ -44,7 +44,8 @@ def _stack(q, g):
     if (q.is_contiguous() and g.is_contiguous() and q.dtype == g.dtype and q.shape[1:] == g.shape[1:]
             and g.data_ptr() == q.data_ptr() + q.numel() * q.element_size()
             and q.untyped_storage().data_ptr() == g.untyped_storage().data_ptr()):
-        return torch.as_strided(q, (q.shape[0] + g.shape[0],) + q.shape[1:], q.stride(), q.storage_offset())
+        size = (q.shape[0] + g.shape[0],) + q.shape[1:]
+        return torch.as_strided(q, size, q.stride(), q.storage_offset())
     return torch.cat([q, g])
 
 

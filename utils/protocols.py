@@ -90,7 +90,8 @@ class EvalResult:
     g_camids: Optional[np.ndarray] = None
     q_paths: Optional[list] = None
     g_paths: Optional[list] = None
-    excluded: Optional[Callable] = None  # (start, end) -> (rows, cols) pairs (or a bool mask) of ignored entries
+    # (start, end) -> (rows, cols) pairs, or a bool mask, of the entries the protocol ignores
+    excluded: Optional[Callable] = None
     extra: dict = field(default_factory=dict)
 
     def summary(self):

@@ -83,7 +83,8 @@ def _count_before(dist, prow, pcol, pval, work):
     dev = dist.device
     bins = max(16, g // 4)
     width = bins + 3  # bin 0: far below the row's matches; bins + 2: above them
-    lo = torch.full((r,), float('inf'), dtype=dist.dtype, device=dev).scatter_reduce(0, prow, pval, 'amin')
+    lo = torch.full((r,), float('inf'), dtype=dist.dtype, device=dev)
+    lo = lo.scatter_reduce(0, prow, pval, 'amin')
     hi = torch.full_like(lo, -float('inf')).scatter_reduce(0, prow, pval, 'amax')
     lo, hi = torch.where(lo <= hi, lo, 0), torch.where(lo <= hi, hi, 0)
     span = torch.where(hi > lo, hi - lo, torch.where(lo != 0, lo.abs(), 1))

@@ -147,7 +147,8 @@ class KReciprocal:
         if self.k2 == 1:
             self.crow, self.col, self.val = crow, cols.int(), vals
             return
-        out_counts, out_cols, out_vals = torch.zeros(self.n, dtype=torch.int64, device=rows.device), [], []
+        out_counts = torch.zeros(self.n, dtype=torch.int64, device=rows.device)
+        out_cols, out_vals = [], []
         step = max(1, _QE_ENTRIES // max(1, self.k2 * int(crow[-1]) // max(1, self.n)))
         for s in range(0, self.n, step):
             e = min(s + step, self.n)
@@ -207,11 +208,13 @@ class KReciprocal:
         k = self.col[ent]
         lengths = self.g_ptr[k + 1] - self.g_ptr[k]
         total = int(lengths.sum())
-        which = torch.repeat_interleave(torch.arange(ent.numel(), device=dev), lengths, output_size=total)
+        which = torch.repeat_interleave(torch.arange(ent.numel(), device=dev), lengths,
+                                        output_size=total)
         held = (self.g_ptr[k] - (lengths.cumsum(0) - lengths)).index_select(0, which)
         held += torch.arange(total, device=dev)  # the gallery rows holding column k, in turn
         flat = (row * g).index_select(0, which) + self.g_rows.index_select(0, held)
-        terms = torch.minimum(self.val[ent].half().index_select(0, which), self.g_vals.index_select(0, held))
+        terms = torch.minimum(self.val[ent].half().index_select(0, which),
+                              self.g_vals.index_select(0, held))
         per_step = torch.zeros(int(step[-1]) + 1, dtype=torch.int64, device=dev)
         bounds = [0] + per_step.index_add_(0, step, lengths).cumsum(0).tolist()
         for a, b in zip(bounds[:-1], bounds[1:]):  # indices unique within a step
