@@ -79,6 +79,16 @@ def test_all_equal_and_single_match_rows():
     assert ranks[-1] == 18  # row 2: its only match at index 17 of an increasing row
 
 
+def test_distances_far_from_zero():
+    # a small spread on a large offset: the bins are computed after subtracting the offset
+    rng = np.random.default_rng(5)
+    dist, q_pids, g_pids, excluded = random_case(rng, 20, 90, 5, levels=500)
+    far = 1e6 + dist * 1e-2
+    num, ranks = fast(far, q_pids, g_pids, excluded)
+    num_ref, ranks_ref = loop_ranks(far, q_pids, g_pids, excluded)
+    assert np.array_equal(num, num_ref) and np.array_equal(ranks, ranks_ref)
+
+
 def test_non_finite_distances():
     rng = np.random.default_rng(2)
     dist, q_pids, g_pids, excluded = random_case(rng, 20, 80, 5)

@@ -88,13 +88,16 @@ class StackedFeatures:
             return self.sq[i] + self.sq[j] - 2 * dot
         return (2 - 2 * dot).square()
 
-    def distance_block(self, bi, bj):
-        """D[I, J] of block indices bi <= bj."""
+    def distance_block(self, bi, bj, out=None):
+        """D[I, J] of block indices bi <= bj (written to `out`, a large enough buffer, if given)."""
         (i0, i1), (j0, j1) = self.span(bi), self.span(bj)
         a, b = self.feats[i0:i1], self.feats[j0:j1]
+        if out is not None:
+            out = out[:(i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
         if self.dist == 'euclidean':
-            return (self.sq[i0:i1, None] + self.sq[None, j0:j1]).addmm_(a, b.t(), alpha=-2)
-        return (2 - 2 * (a @ b.t())).square_()
+            d = torch.add(self.sq[i0:i1, None], self.sq[None, j0:j1], out=out)
+            return d.addmm_(a, b.t(), alpha=-2)
+        return torch.mm(a, b.t(), out=out).mul_(-2).add_(2).square_()  # (2 - 2 cos)^2
 
 
 class NeighbourLists:
@@ -113,9 +116,11 @@ class NeighbourLists:
         self.bound = torch.full((n,), float('inf'), device=dev)
         self.rowmax = torch.full((n,), -float('inf'), device=dev)
         nb = stacked.num_blocks
+        size = min(stacked.block, n) ** 2
+        buffers = [torch.empty(size, device=dev) for _ in range(2)]  # distances, thresholds
         for b in range(nb):  # diagonal blocks first: a first bound for every row
             i0, i1 = stacked.span(b)
-            d = stacked.distance_block(b, b)
+            d = stacked.distance_block(b, b, buffers[0])
             self._stash_block(d, i0, i1, i0, i1)
             self.rowmax[i0:i1] = d.amax(1)
             if i1 - i0 >= k:
@@ -126,13 +131,15 @@ class NeighbourLists:
             i0, i1 = stacked.span(bi)
             for bj in range(bi + 1, nb):
                 j0, j1 = stacked.span(bj)
-                d = stacked.distance_block(bi, bj)
+                d = stacked.distance_block(bi, bj, buffers[0])
                 self._stash_block(d, i0, i1, j0, j1)
                 self._stash_block(d.t(), j0, j1, i0, i1)
                 torch.maximum(self.rowmax[i0:i1], d.amax(1), out=self.rowmax[i0:i1])
                 torch.maximum(self.rowmax[j0:j1], d.amax(0), out=self.rowmax[j0:j1])
                 bound_i, bound_j = self.bound[i0:i1], self.bound[j0:j1]
-                r, c = (d <= torch.maximum(bound_i[:, None], bound_j[None, :])).nonzero(as_tuple=True)
+                either = buffers[1][:d.numel()].view_as(d)  # a row's or a column's bound
+                torch.maximum(bound_i[:, None], bound_j[None, :], out=either)
+                r, c = torch.le(d, either).nonzero(as_tuple=True)
                 v = d[r, c]
                 mine = v <= bound_i[r]
                 self._merge(i0, i1, r[mine], j0 + c[mine], v[mine])

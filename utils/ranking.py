@@ -92,8 +92,12 @@ def _count_before(dist, prow, pcol, pval, work):
     # the named entries' bins are read back from the same tensor, so rounding cannot put an
     # entry on the wrong side of one of them
     base = (torch.arange(r, device=dev, dtype=dist.dtype) * width + 1)[:, None]
-    x = torch.sub(dist, lo[:, None], out=work[0][:r * g].view(r, g))
-    x = torch.addcmul(base, x, (bins / span)[:, None], out=x)
+    scale = bins / span
+    x = work[0][:r * g].view(r, g)
+    if float((lo.abs() * scale).max()) < 2 ** 20:  # d * scale is exact to well under a bin
+        torch.addcmul(base - (lo * scale)[:, None], dist, scale[:, None], out=x)
+    else:  # subtract first: no cancellation when the distances sit far from 0
+        torch.addcmul(base, torch.sub(dist, lo[:, None], out=x), scale[:, None], out=x)
     x = torch.fmin(x, base + bins + 1, out=x).clamp_(min=base - 1)  # fmin: nan -> above all
     q = work[1][:r * g].view(r, g).copy_(x)  # truncation = floor: all values are >= 0
     q = q.view(-1)
