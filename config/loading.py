@@ -24,7 +24,8 @@ INERT_UPSTREAM_KEYS = frozenset(
 # Inert keys that would change results if they held these values: refuse them.
 _UNSUPPORTED_VALUES = {'MODEL.COS_LAYER': (True, 'True')}
 # Keys that take a number or a non-empty list of numbers of the default's type (a sweep).
-NUMBER_OR_LIST_KEYS = frozenset(['TEST.RE_RANKING_K1', 'TEST.RE_RANKING_K2', 'TEST.RE_RANKING_LAMBDA'])
+NUMBER_OR_LIST_KEYS = frozenset(
+    ['TEST.RE_RANKING_K1', 'TEST.RE_RANKING_K2', 'TEST.RE_RANKING_LAMBDA'])
 
 
 def _flatten(tree, prefix=''):
@@ -54,7 +55,8 @@ def _coerce(name, value, default):
             number = number[part]  # the shipped default: the type of every item
         if isinstance(value, (list, tuple)):
             if not value:
-                raise ReIDError(f'config key {name}: expected a number or a non-empty list, got []')
+                raise ReIDError(f'config key {name}: expected a number or a non-empty list, '
+                                'got []')
             return [_coerce(name + '[]', v, number) for v in value]
         default = number
     if isinstance(default, bool) or isinstance(value, bool):

@@ -53,7 +53,8 @@ def test_re_ranking_parameters_take_a_number_or_a_list(tmp_path):
     assert all(isinstance(v, float) for v in cfg.TEST.RE_RANKING_LAMBDA)
     cfg = load_config(path, ['TEST.RE_RANKING_K1', '50', 'TEST.RE_RANKING_K2', '[3,6]'])
     assert cfg.TEST.RE_RANKING_K1 == 50 and cfg.TEST.RE_RANKING_K2 == [3, 6]
-    cfg = load_config('', ['TEST.RE_RANKING_K1', '[20,50]', 'TEST.RE_RANKING_LAMBDA', '1'])  # shell: "[20,50]"
+    # on a shell: TEST.RE_RANKING_K1 "[20,50]"
+    cfg = load_config('', ['TEST.RE_RANKING_K1', '[20,50]', 'TEST.RE_RANKING_LAMBDA', '1'])
     assert cfg.TEST.RE_RANKING_K1 == [20, 50] and cfg.TEST.RE_RANKING_LAMBDA == 1.0
     with pytest.raises(ReIDError, match=r'TEST\.RE_RANKING_K1.*expected int'):
         load_config('', ['TEST.RE_RANKING_K1', '[20, 0.5]'])

@@ -115,7 +115,8 @@ def test_protocol_sweeps_equal_separate_runs(protocol):
     table = sweep.extra['rerank_sweep']
     assert len(table) == 4
     for row in table:
-        one = run(R1_mAP_eval(32, k1=row['k1'], k2=row['k2'], lambda_value=row['lambda'], **kw), feats, pids)
+        one = run(R1_mAP_eval(32, k1=row['k1'], k2=row['k2'], lambda_value=row['lambda'], **kw),
+                  feats, pids)
         assert {k: v for k, v in row.items() if k not in ('k1', 'k2', 'lambda')} == one.summary()
     assert sweep.summary() == dict(list(table[0].items())[3:])
 
@@ -235,13 +236,15 @@ def test_protocols_score_their_own_distances_on_any_device(tmp_path, protocol, d
     pids, cams = np.array([r[0] for r in ATRW]), rng.integers(0, 2, n)
     ev = R1_mAP_eval(4 if protocol == 'standard' else n, protocol=protocol, ap_mode='standard',
                      atrw_annotation=anno)
-    ev.update((feats.to(device), torch.tensor(pids), torch.tensor(cams), [f'{i:06d}.jpg' for i in range(n)]))
+    paths = [f'{i:06d}.jpg' for i in range(n)]
+    ev.update((feats.to(device), torch.tensor(pids), torch.tensor(cams), paths))
     result = ev.compute()
     collector = RankCollector(result.q_pids, result.g_pids, result.excluded)
     for start, end, dist in matrix_chunks(result.distmat, 3):
         collector.add(start, end, dist)
     if protocol == 'atrw':
-        assert _scores(collector.stats(), result.extra['query_kind'], result.cmc.size)[1] == result.summary()
+        kinds = result.extra['query_kind']
+        assert _scores(collector.stats(), kinds, result.cmc.size)[1] == result.summary()
     else:
         cmc, mAP = scores(collector.stats(), result.cmc.size)
         assert result.mAP == mAP and np.array_equal(result.cmc, cmc)

@@ -96,7 +96,8 @@ def test_non_finite_distances():
     dist[rng.random(dist.shape) < 0.1] = -np.inf
     dist[rng.random(dist.shape) < 0.1] = np.nan  # matches with nan: the plain algorithm
     num, ranks = fast(dist.astype(np.float32), q_pids, g_pids, excluded)
-    num_ref, ranks_ref = sorted_match_ranks(torch.tensor(dist, dtype=torch.float32), torch.tensor(q_pids),
+    num_ref, ranks_ref = sorted_match_ranks(torch.tensor(dist, dtype=torch.float32),
+                                            torch.tensor(q_pids),
                                             torch.tensor(g_pids), torch.tensor(excluded))
     assert np.array_equal(num, num_ref.numpy()) and np.array_equal(ranks, ranks_ref.numpy())
     finite_matches = np.where(np.isnan(dist) & (g_pids[None] == q_pids[:, None]), 0.0, dist)
@@ -129,7 +130,8 @@ def test_collector_takes_pairs_or_masks():
     from utils.ranking import RankCollector
     rng = np.random.default_rng(4)
     dist, q_pids, g_pids, excluded = random_case(rng, 12, 40, 3)
-    by_pairs = RankCollector(q_pids, g_pids, lambda s, e: tuple(map(torch.as_tensor, np.nonzero(excluded[s:e]))))
+    by_pairs = RankCollector(q_pids, g_pids,
+                             lambda s, e: tuple(map(torch.as_tensor, np.nonzero(excluded[s:e]))))
     by_mask = RankCollector(q_pids, g_pids, lambda s, e: torch.as_tensor(excluded[s:e]))
     for start in range(0, 12, 5):
         for collector in (by_pairs, by_mask):

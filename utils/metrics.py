@@ -31,7 +31,8 @@ def eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chunk_ro
     match is within rank r + 1 (float32, length min(max_rank, G)); AP is the mean of the
     precision at each match. chunk_rows only bounds memory; results do not depend on it."""
     dev = distmat.device if torch.is_tensor(distmat) else torch.device('cpu')
-    qp, gp, qc, gc = (as_tensor(x, torch.int64).to(dev) for x in (q_pids, g_pids, q_camids, g_camids))
+    qp, gp, qc, gc = (as_tensor(x, torch.int64).to(dev)
+                      for x in (q_pids, g_pids, q_camids, g_camids))
     stats = RankStats.collect(matrix_chunks(distmat, chunk_rows), qp, gp,
                               same_camera_pairs(qp, qc, gp, gc))
     cmc, mAP = scores(stats, min(max_rank, len(gp)))
