@@ -88,18 +88,18 @@ def _count_before(dist, prow, pcol, pval, work):
     hi = torch.full_like(lo, -float('inf')).scatter_reduce(0, prow, pval, 'amax')
     lo, hi = torch.where(lo <= hi, lo, 0), torch.where(lo <= hi, hi, 0)
     span = torch.where(hi > lo, hi - lo, torch.where(lo != 0, lo.abs(), 1))
-    # a monotone map of the distances to the bins of their row (row r: r * width .. + bins + 2);
-    # the named entries' bins are read back from the same tensor, so rounding cannot put an
-    # entry on the wrong side of one of them
-    base = (torch.arange(r, device=dev, dtype=dist.dtype) * width + 1)[:, None]
+    # a monotone map of the distances to bins -1..bins+1 of their row, then shifted to the
+    # row's own range (row r: r * width .. + bins + 2); the named entries' bins are read back
+    # from the same tensor, so rounding cannot put an entry on the wrong side of one of them
     scale = bins / span
     x = work[0][:r * g].view(r, g)
     if float((lo.abs() * scale).max()) < 2 ** 20:  # d * scale is exact to well under a bin
-        torch.addcmul(base - (lo * scale)[:, None], dist, scale[:, None], out=x)
+        torch.addcmul(-(lo * scale)[:, None], dist, scale[:, None], out=x)
     else:  # subtract first: no cancellation when the distances sit far from 0
-        torch.addcmul(base, torch.sub(dist, lo[:, None], out=x), scale[:, None], out=x)
-    x = torch.fmin(x, base + bins + 1, out=x).clamp_(min=base - 1)  # fmin: nan -> above all
-    q = work[1][:r * g].view(r, g).copy_(x)  # truncation = floor: all values are >= 0
+        torch.mul(torch.sub(dist, lo[:, None], out=x), scale[:, None], out=x)
+    x.nan_to_num_(nan=float('inf')).clamp_(-1, bins + 1)  # nan: above all
+    q = work[1][:r * g].view(r, g).copy_(x)  # truncation: -1..bins+1, monotone
+    q += (torch.arange(r, device=dev, dtype=torch.int32) * width + 1)[:, None]
     q = q.view(-1)
     flat = prow * g + pcol
     pbin = q[flat].long()
