@@ -3,6 +3,7 @@
     python benchmarks/bench_eval.py                   # Market1501 size (a few minutes on 2 cores)
     python benchmarks/bench_eval.py --scale msmt17    # MSMT17 size (tens of minutes on 2 cores)
     python benchmarks/bench_eval.py --scale all --device cuda
+    python benchmarks/bench_eval.py --scale msmt17 --parts eval --threads 1
 
 One run prints one table (Markdown, as in benchmarks/README.md). Every row is measured in
 a fresh process, so its peak memory is its own (CPU: getrusage maxrss, which sees torch's
@@ -187,7 +188,7 @@ def child(args):
 def measure(args, step, scale):
     cmd = [sys.executable, os.path.abspath(__file__), '--child', step, '--scale', scale,
            '--dim', str(args.dim), '--device', args.device, '--repeats', str(args.repeats),
-           '--threads', str(args.threads),
+           '--threads', str(args.threads), '--parts', args.parts,
            '--upstream', args.upstream, '--animal', args.animal]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
@@ -207,8 +208,8 @@ def size(scale, dim=None):
 
 def rows_for(args, scale):
     """Markdown rows: size | step | ours | reference | ratio | peak."""
-    rows = []
-    if scale == 'market':
+    rows, wanted, threads = [], args.parts.split(','), None
+    if scale == 'market' and 'upstream' in wanted:
         r = measure(args, 'eval_func', scale)
         ref = f'upstream eval_func {secs(r["ref_s"])}' if 'ref_s' in r else 'no upstream mirror'
         ratio = f'{r["ref_s"] / r["ours_s"]:.1f}x faster' if 'ref_s' in r else ''
@@ -223,13 +224,17 @@ def rows_for(args, scale):
         ratio = f'{r["ref_s"] / r["ours_s"]:.1f}x faster' if 'ref_s' in r else ''
         rows.append([f'half Market {q:,} x {g:,}, dim 256', 're-ranking', secs(r['ours_s']),
                      ref, ratio, ''])
+        threads = r['threads']
     for floor, step, name in (('floor_qg', 'eval', 'evaluation'),
                               ('floor_nn', 'rerank', 're-ranking + evaluation')):
+        if step not in wanted:
+            continue
         f, r = measure(args, floor, scale), measure(args, step, scale)
+        threads = r['threads']
         what = 'one Q x G product' if floor == 'floor_qg' else 'one (Q+G)^2 product'
         rows.append([size(scale, args.dim), name, secs(r['ours_s']), f'{what} {secs(f["ours_s"])}',
                      f'{r["ours_s"] / f["ours_s"]:.2f}x the floor', f'{r["peak_gib"]:.2f} GiB'])
-    return rows, r['threads']
+    return rows, threads
 
 
 def parse_args(argv=None):
@@ -239,6 +244,9 @@ def parse_args(argv=None):
     parser.add_argument('--dim', type=int, default=1280)
     parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--repeats', type=int, default=3, help='runs of our timed steps (best kept)')
+    parser.add_argument('--parts', default='upstream,eval,rerank',
+                        help='which rows: upstream (the comparisons with upstream code, Market '
+                             'size only), eval, rerank (each against its floor)')
     parser.add_argument('--threads', type=int, default=0,
                         help='torch threads in every measurement (0: torch\'s default, all cores)')
     parser.add_argument('--upstream', default=os.path.join(MIRRORS, 'Syliz517+CLIP-ReID/repo'))
@@ -250,10 +258,10 @@ def parse_args(argv=None):
 def table(args):
     """(header line, Markdown table lines) of every figure for args.scale."""
     load = os.getloadavg()[0]
-    rows = []
+    rows, threads = [], None
     for scale in (['market', 'msmt17'] if args.scale == 'all' else [args.scale]):
-        found, threads = rows_for(args, scale)
-        rows += found
+        found, used = rows_for(args, scale)
+        rows, threads = rows + found, used or threads
     header = (f'device {describe(args.device)}, {threads} torch threads; load average {load:.2f} '
               f'before, {os.getloadavg()[0]:.2f} after')
     lines = ['| size | step | ours | reference / floor | ratio | peak memory |',
