@@ -152,7 +152,7 @@ def device_name(device):
     return f'{os.cpu_count()}-core CPU ({model})'
 
 
-def main():
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--model', default='ViT-B-16', choices=['tiny', *ARCHS],
                         help='MODEL.NAME; random weights of its sizes unless --weights')
@@ -168,21 +168,25 @@ def main():
     parser.add_argument('--workers', type=int, default=8, help='DATALOADER.NUM_WORKERS')
     parser.add_argument('--data', default=os.path.join(REPO, 'output', 'bench_train'),
                         help='folder for generated images, random weights and logs')
+    parser.add_argument('--json', action='store_true', help='also print each result as a JSON line')
     parser.add_argument('--child', help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    os.environ.setdefault('TQDM_DISABLE', '1')
-    if args.child:
-        print(json.dumps(measure(args, args.child)))
-        return
+    return parser.parse_args(argv)
+
+
+def run(argv=None):
+    """Measure each method in a fresh process; print a line each and return their figures."""
+    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     data_root(args)  # generated once, outside the timed processes
     weights = pick_weights(args)
     h, w = args.size
     print(f'{args.model} {h}x{w}, batch {args.batch}, {args.iters} timed iterations after '
           f'{args.warmup}; weights {weights}')
+    results = []
     for method in args.methods.split(','):
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:],
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv,
                               '--weights', weights, '--child', method],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, env={**os.environ, 'TQDM_DISABLE': '1'})
         if out.returncode:
             print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
             sys.exit(out.returncode)
@@ -190,6 +194,19 @@ def main():
         print(f'  {method:9s} ({r["params_m"]:.1f}M parameters) {r["samples_per_s"]:9.1f} '
               f'samples/s  {r["seconds_per_iter"]:.3f} s/iter  peak {r["peak_gib"]:.2f} GiB  '
               f'on {r["device"]} (amp {r["amp"]}, {r["threads"]} threads)')
+        if args.json:
+            print(json.dumps(r))
+        results.append(r)
+    return results
+
+
+def main():
+    args = parse_args()
+    os.environ.setdefault('TQDM_DISABLE', '1')
+    if args.child:
+        print(json.dumps(measure(args, args.child)))
+        return
+    run()
 
 
 if __name__ == '__main__':

@@ -243,7 +243,8 @@ _C.TEST = CN()
 _C.TEST.IMS_PER_BATCH = 128
 # Apply k-reciprocal re-ranking
 _C.TEST.RE_RANKING = False
-# Re-ranking parameters
+# Re-ranking parameters; each may be a list (e.g. [20, 30, 50]) to evaluate every combination
+# in one pass: the first combination is the result, the others are logged as a table
 _C.TEST.RE_RANKING_K1 = 20
 _C.TEST.RE_RANKING_K2 = 6
 _C.TEST.RE_RANKING_LAMBDA = 0.3

@@ -24,6 +24,9 @@ INERT_UPSTREAM_KEYS = frozenset(
         'RANGE_ALPHA', 'RANGE_BETA', 'RANGE_LOSS_WEIGHT')])
 # Inert keys that would change results if they held these values: refuse them.
 _UNSUPPORTED_VALUES = {'MODEL.COS_LAYER': (True, 'True')}
+# Keys that take a number or a non-empty list of numbers of the default's type (a sweep).
+NUMBER_OR_LIST_KEYS = frozenset(
+    ['TEST.RE_RANKING_K1', 'TEST.RE_RANKING_K2', 'TEST.RE_RANKING_LAMBDA'])
 
 
 def _flatten(tree, prefix=''):
@@ -35,13 +38,28 @@ def _flatten(tree, prefix=''):
             yield name, value
 
 
-def _coerce(name, value, default):
-    """Cast an override to the type of its default, as yacs does, with int -> float allowed."""
+def _literal(value):
     if isinstance(value, str):  # as yacs: "('market1501')" -> 'market1501', "1e-6" -> 1e-06
         try:
-            value = ast.literal_eval(value)
+            return ast.literal_eval(value)
         except (ValueError, SyntaxError):
             pass
+    return value
+
+
+def _coerce(name, value, default):
+    """Cast an override to the type of its default, as yacs does, with int -> float allowed."""
+    value = _literal(value)
+    if name in NUMBER_OR_LIST_KEYS:
+        number = _C
+        for part in name.split('.'):
+            number = number[part]  # the shipped default: the type of every item
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ReIDError(f'config key {name}: expected a number or a non-empty list, '
+                                'got []')
+            return [_coerce(name + '[]', v, number) for v in value]
+        default = number
     if isinstance(default, bool) or isinstance(value, bool):
         if isinstance(value, str) and value.lower() in ('true', 'false'):
             value = value.lower() == 'true'

@@ -5,6 +5,7 @@ from tqdm import tqdm
 from utils import distributed as du
 from utils.checkpoint import unwrap
 from utils.logger import get_logger
+from utils.protocols import format_sweep
 
 
 def _sie(cfg, camids, viewids, device):
@@ -62,4 +63,8 @@ def do_inference(cfg, model, val_loader, evaluator, runtime):
     logger.info('Validation results (%s):', evaluator.describe())
     for name, value in result.summary().items():
         logger.info('%-24s %.1f%%', name, 100 * value)
+    if 'rerank_sweep' in result.extra:
+        logger.info('Re-ranking sweep (the first row is the result above):')
+        for line in format_sweep(result.extra['rerank_sweep']):
+            logger.info(line)
     return result

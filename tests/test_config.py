@@ -46,6 +46,24 @@ def test_command_line_overrides_come_last(tmp_path):
     assert cfg.is_frozen()
 
 
+def test_re_ranking_parameters_take_a_number_or_a_list(tmp_path):
+    path = write(tmp_path, 'TEST:\n  RE_RANKING_K1: [20, 30]\n  RE_RANKING_LAMBDA: [0, 0.3]\n')
+    cfg = load_config(path)
+    assert cfg.TEST.RE_RANKING_K1 == [20, 30] and cfg.TEST.RE_RANKING_LAMBDA == [0.0, 0.3]
+    assert all(isinstance(v, float) for v in cfg.TEST.RE_RANKING_LAMBDA)
+    cfg = load_config(path, ['TEST.RE_RANKING_K1', '50', 'TEST.RE_RANKING_K2', '[3,6]'])
+    assert cfg.TEST.RE_RANKING_K1 == 50 and cfg.TEST.RE_RANKING_K2 == [3, 6]
+    # on a shell: TEST.RE_RANKING_K1 "[20,50]"
+    cfg = load_config('', ['TEST.RE_RANKING_K1', '[20,50]', 'TEST.RE_RANKING_LAMBDA', '1'])
+    assert cfg.TEST.RE_RANKING_K1 == [20, 50] and cfg.TEST.RE_RANKING_LAMBDA == 1.0
+    with pytest.raises(ReIDError, match=r'TEST\.RE_RANKING_K1.*expected int'):
+        load_config('', ['TEST.RE_RANKING_K1', '[20, 0.5]'])
+    with pytest.raises(ReIDError, match=r'TEST\.RE_RANKING_K2.*non-empty'):
+        load_config('', ['TEST.RE_RANKING_K2', '[]'])
+    with pytest.raises(ReIDError, match=r'SOLVER\.BASE_LR'):  # other keys stay single numbers
+        load_config('', ['SOLVER.BASE_LR', '[0.1, 0.2]'])
+
+
 @pytest.mark.parametrize('text', ['MODEL:\n  NOT_A_KEY: 1\n', 'NOPE:\n  X: 1\n'])
 def test_unknown_yaml_key_names_the_key(tmp_path, text):
     with pytest.raises(ReIDError, match=r'c\.yml: unknown config key (MODEL\.NOT_A_KEY|NOPE\.X)'):

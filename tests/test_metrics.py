@@ -1,5 +1,6 @@
 """Standard protocol (eval_func), the evaluator and its factory."""
 import os
+from itertools import product
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ import torch
 from config import load_config
 from utils.errors import ReIDError
 from utils.metrics import R1_mAP_eval, eval_func, make_evaluator
+from utils.protocols import format_sweep
 
 
 def upstream_eval(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50):
@@ -93,8 +95,14 @@ def test_chunks_and_tensor_input_agree_exactly():
     for rows in (1, 8, 56):
         cmc, mAP = eval_func(dist, *args, chunk_rows=rows)
         assert mAP == whole[1] and np.array_equal(cmc, whole[0])
-    cmc, mAP = eval_func(torch.from_numpy(dist), *[torch.from_numpy(a) for a in args])
-    assert mAP == whole[1] and np.array_equal(cmc, whole[0])
+    for device in ['cpu'] + (['cuda'] if torch.cuda.is_available() else []):
+        cmc, mAP = eval_func(torch.from_numpy(dist).to(device), *[torch.from_numpy(a) for a in args],
+                             chunk_rows=13)
+        assert mAP == whole[1] and np.array_equal(cmc, whole[0])
+    half = dist.astype(np.float16)  # many ties; widened exactly
+    cmc, mAP = eval_func(half, *args)
+    cmc_ref, mAP_ref = upstream_eval(half.astype(np.float64), *args)
+    assert np.array_equal(cmc, cmc_ref) and mAP == pytest.approx(mAP_ref, abs=1e-12)
 
 
 def features(seed=0, n_ids=12, per_id=5, dim=16):
@@ -138,6 +146,26 @@ def test_evaluator_reranking_changes_the_ranking():
     assert rr.mAP == eval_func(rr.distmat, pids[:20], pids[20:], cams[:20], cams[20:])[1]
 
 
+def test_reranking_sweep_table_equals_separate_runs():
+    feats, pids, cams = features(4)
+    grid = dict(k1=[4, 7], k2=[1, 3], lambda_value=[0.3, 0.8])
+    sweep = run(R1_mAP_eval(20, max_rank=10, reranking=True, **grid), feats, pids, cams)
+    table = sweep.extra['rerank_sweep']
+    assert [(r['k1'], r['k2'], r['lambda']) for r in table] == list(product(*grid.values()))
+    for row in table:
+        one = run(R1_mAP_eval(20, max_rank=10, reranking=True, k1=row['k1'], k2=row['k2'],
+                              lambda_value=row['lambda']), feats, pids, cams)
+        assert 'rerank_sweep' not in one.extra
+        assert {k: v for k, v in row.items() if k not in ('k1', 'k2', 'lambda')} == one.summary()
+        if row is table[0]:  # the first setting is the result
+            assert sweep.summary() == one.summary() and np.array_equal(sweep.distmat, one.distmat)
+    assert len(set(r['mAP'] for r in table)) > 1  # the settings do differ
+    lines = format_sweep(table)
+    assert len(lines) == 9 and lines[1].split()[:3] == ['4', '1', '0.300']
+    assert lines[1].endswith(f'  {100 * table[0]["Rank-10"]:6.1f}%')
+    assert len(set(len(line) for line in lines)) == 1  # aligned columns
+
+
 def test_distributed_compute_gathers_in_rank_order(monkeypatch):
     """Simulated rank 1 of 2: rank 0 holds the first half; the result equals one process."""
     import utils.distributed as du
@@ -174,6 +202,13 @@ def test_make_evaluator_reads_the_config(tmp_path):
     ev = make_evaluator(cfg, 20, 'animal')
     assert ev.protocol == 'standard'
     assert ev.spec.rerank == dict(k1=7, k2=6, lambda_value=0.3, dist='cosine_sq')
+    cfg = load_config('', ['TEST.RE_RANKING', 'True', 'TEST.RE_RANKING_K1', '[7, 9]',
+                           'TEST.RE_RANKING_LAMBDA', '[0.1, 0.2]'])
+    ev = make_evaluator(cfg, 20, 'standard')
+    assert ev.spec.rerank['k1'] == [7, 9] and len(ev.spec.settings()) == 4
+    cfg = load_config('', ['TEST.RE_RANKING', 'True', 'TEST.RE_RANKING_K2', '[3, 0]'])
+    with pytest.raises(ReIDError, match='TEST.RE_RANKING_K2 must be at least 1'):
+        make_evaluator(cfg, 20, 'standard')
 
 
 @pytest.mark.parametrize('key,value', [('TEST.DISTANCE', 'manhattan'), ('TEST.FEAT_NORM', 'maybe'),

@@ -105,6 +105,22 @@ def test_animal_reranks_the_query_set_against_itself():
     assert result.mAP == pytest.approx(np.mean(aps), abs=1e-12)
 
 
+@pytest.mark.parametrize('protocol', ['animal', 'vehicleid'])
+def test_protocol_sweeps_equal_separate_runs(protocol):
+    rng = np.random.default_rng(7)
+    pids = rng.permutation(np.repeat(np.arange(8), 4))
+    feats = rng.standard_normal((8, 6))[pids] + 0.7 * rng.standard_normal((32, 6))
+    kw = dict(protocol=protocol, reranking=True, vehicleid_trials=3, max_rank=5)
+    sweep = run(R1_mAP_eval(32, k1=[3, 5], k2=2, lambda_value=[0.2, 0.5], **kw), feats, pids)
+    table = sweep.extra['rerank_sweep']
+    assert len(table) == 4
+    for row in table:
+        one = run(R1_mAP_eval(32, k1=row['k1'], k2=row['k2'], lambda_value=row['lambda'], **kw),
+                  feats, pids)
+        assert {k: v for k, v in row.items() if k not in ('k1', 'k2', 'lambda')} == one.summary()
+    assert sweep.summary() == dict(list(table[0].items())[3:])
+
+
 def test_animal_needs_paths_when_the_gallery_is_separate():
     with pytest.raises(ReIDError, match='paths'):
         run(R1_mAP_eval(2, protocol='animal'), [[1.0], [2.0], [3.0]], np.array([0, 0, 1]))
@@ -148,6 +164,24 @@ def test_atrw_official_rules(tmp_path):
     twice = run(R1_mAP_eval(len(ATRW), feat_norm='no', protocol='atrw', atrw_annotation=anno),
                 [r[4] for r in ATRW] + [0.0], np.zeros(len(ATRW) + 1, int), paths=paths + paths[:1])
     assert twice.summary() == result.summary()
+
+
+def test_atrw_sweep_rows_equal_separate_runs(tmp_path):
+    anno = write_annotation(tmp_path / 'gt_test_plain.json', ATRW)
+    paths = [f'/data/test/{i:06d}.jpg' for i in range(len(ATRW))]
+    feats = [[r[4], (i % 3) / 3] for i, r in enumerate(ATRW)]
+    kw = dict(feat_norm='no', protocol='atrw', atrw_annotation=anno, reranking=True)
+    sweep = run(R1_mAP_eval(len(ATRW), k1=[2, 4], lambda_value=[0.3, 1.0], **kw), feats,
+                np.zeros(len(ATRW), int), paths=paths)
+    table = sweep.extra['rerank_sweep']
+    for row in table:
+        one = run(R1_mAP_eval(len(ATRW), k1=row['k1'], k2=row['k2'], lambda_value=row['lambda'], **kw),
+                  feats, np.zeros(len(ATRW), int), paths=paths)
+        assert {k: v for k, v in row.items() if k not in ('k1', 'k2', 'lambda')} == one.summary()
+    # lambda = 1 is the initial distance: the plain ranking's scores
+    plain = run(R1_mAP_eval(len(ATRW), feat_norm='no', protocol='atrw', atrw_annotation=anno), feats,
+                np.zeros(len(ATRW), int), paths=paths)
+    assert dict(list(table[1].items())[3:]) == plain.summary()
 
 
 def test_atrw_matches_official_scoring_on_random_data(tmp_path):
@@ -206,15 +240,23 @@ def test_atrw_animal_code_mode_reproduces_the_animal_code(tmp_path):
     anno = write_annotation(tmp_path / 'a.json', rows)
     paths = [f'{i}.jpg' for i in range(n)]
 
-    def evaluate(mode):  # the loader gives the test list twice: as query, then as gallery
+    def evaluate(mode, k1=6, lam=0.3):  # the loader gives the test list twice: query, gallery
         ev = R1_mAP_eval(n, protocol='atrw', atrw_annotation=anno, atrw_mode=mode,
-                         reranking=True, k1=6, k2=3, rerank_dist='cosine_sq')
+                         reranking=True, k1=k1, k2=3, lambda_value=lam, rerank_dist='cosine_sq')
         return run(ev, torch.cat([feats, feats]).numpy(), np.zeros(2 * n, int), paths=paths + paths)
 
-    result = evaluate('animal_code').summary()
+    full = evaluate('animal_code')
+    result = full.summary()
     sing, multi = _animal_code_atrw(feats, rows, 6, 3, 0.3)
     assert result['mAP(single_cam)'] == pytest.approx(sing, abs=1e-6)
     assert result['mAP(cross_cam)'] == pytest.approx(multi, abs=1e-6)
+    assert full.excluded_mask(5)[2]  # the visualiser greys the dropped top-ranked entry
+    # a sweep drops each setting's own top-ranked entry: its rows equal the animal code's runs
+    table = evaluate('animal_code', k1=[6, 4], lam=[0.3, 0.0]).extra['rerank_sweep']
+    for row in table:
+        sing, multi = _animal_code_atrw(feats, rows, row['k1'], 3, row['lambda'])
+        assert row['mAP(single_cam)'] == pytest.approx(sing, abs=1e-6)
+        assert row['mAP(cross_cam)'] == pytest.approx(multi, abs=1e-6)
     # every image entering the k-reciprocal sets twice changes the numbers
     assert evaluate('dedup').summary()['mmAP'] != pytest.approx(result['mmAP'], abs=1e-4)
 
@@ -244,3 +286,33 @@ def test_atrw_bad_inputs(tmp_path):
     (tmp_path / 'bad.json').write_text('{"imgid": 1}')
     with pytest.raises(ReIDError, match='bad.json'):
         R1_mAP_eval(2, protocol='atrw', atrw_annotation=str(tmp_path / 'bad.json'))
+
+
+@pytest.mark.parametrize('device', ['cpu'] + (['cuda'] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize('protocol', ['standard', 'animal', 'atrw'])
+def test_protocols_score_their_own_distances_on_any_device(tmp_path, protocol, device):
+    """The ignored pairs are built on the features' device (the GPU's, there); the scores are
+    those of the same distances ranked again on the CPU."""
+    from utils.atrw import _scores
+    from utils.distance import matrix_chunks
+    from utils.protocols import scores
+    from utils.ranking import RankCollector
+    anno = write_annotation(tmp_path / 'a.json', ATRW)
+    rng = np.random.default_rng(8)
+    n = len(ATRW)
+    feats = torch.tensor(rng.standard_normal((n, 5)), dtype=torch.float32)
+    pids, cams = np.array([r[0] for r in ATRW]), rng.integers(0, 2, n)
+    ev = R1_mAP_eval(4 if protocol == 'standard' else n, protocol=protocol, ap_mode='standard',
+                     atrw_annotation=anno)
+    paths = [f'{i:06d}.jpg' for i in range(n)]
+    ev.update((feats.to(device), torch.tensor(pids), torch.tensor(cams), paths))
+    result = ev.compute()
+    collector = RankCollector(result.q_pids, result.g_pids, result.excluded)
+    for start, end, dist in matrix_chunks(result.distmat, 3):
+        collector.add(start, end, dist)
+    if protocol == 'atrw':
+        kinds = result.extra['query_kind']
+        assert _scores(collector.stats(), kinds, result.cmc.size)[1] == result.summary()
+    else:
+        cmc, mAP = scores(collector.stats(), result.cmc.size)
+        assert result.mAP == mAP and np.array_equal(result.cmc, cmc)

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from .errors import ReIDError
-from .protocols import Split, _result, scan
+from .pairs import KeyIndex, union
+from .protocols import Split, _result, on_device, scan, sweep_table
+from .ranking import RankCollector
 
 QUERY_KINDS = (('sing', 'single_cam'), ('multi', 'cross_cam'))
 ATRW_MODES = ('dedup', 'animal_code')
@@ -52,33 +54,15 @@ def image_id(path):
 
 
 def _annotated(split, anno, annotation_path):
-    """(split with entity ids as pids, query kinds, entity ids, camera codes, frame numbers)."""
+    """(split with entity ids as pids, query kinds, image ids, entity ids, cameras, frames)."""
     ids = [image_id(p) for p in split.paths]
     missing = [p for p, i in zip(split.paths, ids) if i not in anno]
     if missing:
         raise ReIDError(f'{len(missing)} ATRW test images are not in TEST.ATRW_ANNOTATION '
                         f'{annotation_path!r}, e.g. {missing[0]!r}')
     kind, eid, cam, frame = zip(*(anno[i] for i in ids))
-    eid = torch.tensor(eid)
-    split = Split(split.feats, eid.numpy(), split.camids, split.paths)
-    return split, np.asarray(kind), eid, cam, torch.tensor(frame), np.asarray(ids)
-
-
-class _DropTopRanked:
-    """A DistanceSpec whose chunks also note each query's top-ranked gallery entry (the
-    first one on ties), for the animal code's "skip the first answer" rule."""
-
-    def __init__(self, spec):
-        self.spec, self.top = spec, {}
-
-    def chunks(self, qf, gf):
-        for start, end, dist in self.spec.chunks(qf, gf):
-            self.top[start] = dist.argmin(dim=1).cpu()
-            yield start, end, dist
-
-    def mask(self, start, end, num_gallery):
-        cols = torch.arange(num_gallery)
-        return cols[None, :] == self.top[start][:end - start, None]
+    split = Split(split.feats, np.asarray(eid), split.camids, split.paths)
+    return split, np.asarray(kind), np.asarray(ids), eid, cam, frame
 
 
 def evaluate_atrw(spec, test, annotation_path, max_rank=50, mode='dedup', num_query=None):
@@ -105,27 +89,63 @@ def evaluate_atrw(spec, test, annotation_path, max_rank=50, mode='dedup', num_qu
         nq = num_query if num_query and num_query < len(test) else len(test)
         q = test.take(np.arange(nq))
         g = test.take(np.arange(nq, len(test))) if nq < len(test) else q
-    q, kind, q_eid, q_cam, q_frame, q_ids = _annotated(q, anno, annotation_path)
-    g, _, g_eid, g_cam, g_frame, _ = _annotated(g, anno, annotation_path)
+    q, kind, q_ids, q_eid, q_cam, q_frame = _annotated(q, anno, annotation_path)
+    g, _, _, g_eid, g_cam, g_frame = _annotated(g, anno, annotation_path)
     cams = np.unique(np.asarray(q_cam + g_cam), axis=0, return_inverse=True)[1].reshape(-1)
-    q_cam, g_cam = torch.tensor(cams[:len(q_cam)]), torch.tensor(cams[len(q_cam):])
-
-    def junk(s, e):
-        near = ((g_eid[None, :] == q_eid[s:e, None]) & (g_cam[None, :] == q_cam[s:e, None])
-                & ((g_frame[None, :] - q_frame[s:e, None]).abs() <= 3))
-        return near | (g_eid == -1)[None, :]
-
+    junk = junk_pairs(on_device(q, q_eid, cams[:len(q)], q_frame),
+                      on_device(q, g_eid, cams[len(q):], g_frame))
     if mode == 'dedup':
         def excluded(s, e):
-            own = torch.arange(len(g))[None, :] == torch.arange(s, e)[:, None]
-            return own | junk(s, e)
-        stats, distmat = scan(spec, q, None, excluded)
+            own = torch.arange(e - s, device=q.feats.device)
+            return union((own, own + s), junk(s, e), num_cols=len(g))
+        all_stats, distmat = scan(spec, q, None, excluded)
     else:
-        ranked = _DropTopRanked(spec)
+        all_stats, distmat, excluded = _scan_dropping_top(spec, q, g, junk)
+    results = [_scores(stats, kind, max_rank) for stats in all_stats]
+    cmc, metrics = results[0]
+    return _result('atrw', cmc, metrics['mmAP'], metrics, q, g, distmat, excluded,
+                   sweep=sweep_table(spec, [m for _, m in results]),
+                   extra={'query_kind': kind, 'imgid': q_ids, 'mode': mode})
 
+
+def junk_pairs(q_keys, g_keys):
+    """excluded(start, end) of the official junk rule, as (rows, cols) pairs: the gallery
+    images of the query's entity seen by the same camera within 3 frames, and every image of
+    entity -1. q_keys, g_keys: (entity ids, camera codes, frame numbers) as tensors."""
+    (q_eid, q_cam, q_frame), (g_eid, g_cam, g_frame) = q_keys, g_keys
+    index, unknown = KeyIndex(g_eid), (g_eid == -1).nonzero().squeeze(1)
+
+    def excluded(s, e):
+        rows, cols = index.pairs(q_eid[s:e])
+        near = (g_cam[cols] == q_cam[s:e][rows]) & ((g_frame[cols] - q_frame[s:e][rows]).abs() <= 3)
+        every_row = torch.arange(e - s, device=g_eid.device)
+        unknown_pairs = every_row.repeat_interleave(len(unknown)), unknown.repeat(e - s)
+        return union((rows[near], cols[near]), unknown_pairs, num_cols=len(g_eid))
+    return excluded
+
+
+def _scan_dropping_top(spec, q, g, junk):
+    """scan() with the animal code's "skip the first answer" rule: each query also ignores
+    its top-ranked gallery entry (the first one on ties) under each setting's distances.
+    Returns (stats per setting, setting 0's distances, setting 0's excluded)."""
+    top = torch.zeros(len(spec.settings()), len(q), dtype=torch.int64, device=q.feats.device)
+
+    def excluded_under(setting):
         def excluded(s, e):
-            return ranked.mask(s, e, len(g)) | junk(s, e)
-        stats, distmat = scan(ranked, q, g, excluded)
+            rows = torch.arange(e - s, device=top.device)
+            return union((rows, top[setting, s:e]), junk(s, e), num_cols=len(g))
+        return excluded
+
+    distmat = np.empty((len(q), len(g)), dtype=np.float32)
+    collectors = [RankCollector(q.pids, g.pids, excluded_under(i)) for i in range(len(top))]
+    for setting, start, end, dist in spec.chunks(q.feats, g.feats, distmat):
+        top[setting, start:end] = dist.argmin(dim=1).to(top.device)
+        collectors[setting].add(start, end, dist)
+    return [c.stats() for c in collectors], distmat, excluded_under(0)
+
+
+def _scores(stats, kind, max_rank):
+    """(cmc over the queries, the official metrics) of one ranking."""
     metrics = OrderedDict(mmAP=0.0)
     for code, name in QUERY_KINDS:
         sub = stats.subset(np.flatnonzero(kind == code))
@@ -137,5 +157,4 @@ def evaluate_atrw(spec, test, annotation_path, max_rank=50, mode='dedup', num_qu
     metrics['mmAP'] = (metrics['mAP(single_cam)'] + metrics['mAP(cross_cam)']) / 2
     queries = stats.subset(np.flatnonzero(np.isin(kind, [c for c, _ in QUERY_KINDS])))
     cmc = queries.cmc_counts(max_rank).astype(np.float32) / float(max(len(queries.num_pos), 1))
-    return _result('atrw', cmc, metrics['mmAP'], metrics, q, g, distmat, excluded,
-                   extra={'query_kind': kind, 'imgid': q_ids, 'mode': mode})
+    return cmc, metrics

@@ -7,7 +7,7 @@ chunked and whole-matrix evaluation give identical results.
 import torch
 import torch.nn.functional as F
 
-BLOCK = 256  # rows per distance matmul
+BLOCK = 1024  # rows per distance matmul (smaller blocks make slower matrix products)
 CHUNK_ELEMENTS = 1 << 23  # about this many distances per chunk handed to callers
 
 METRICS = ('euclidean', 'cosine')
@@ -25,16 +25,17 @@ def chunk_rows(num_cols, block=BLOCK, elements=CHUNK_ELEMENTS):
     return block * max(1, elements // max(1, num_cols * block))
 
 
-def distance_block(a, b, metric, b_sq=None):
-    """[len(a), len(b)] distances. 'euclidean' is squared, as in TransReID/CLIP-ReID
-    (ranking is the same as with the root); 'cosine' is 1 - cosine similarity on features
-    the caller has L2-normalised."""
+def distance_block(a, b, metric, b_sq=None, out=None):
+    """[len(a), len(b)] distances (written to `out` when given). 'euclidean' is squared, as
+    in TransReID/CLIP-ReID (ranking is the same as with the root); 'cosine' is 1 - cosine
+    similarity on features the caller has L2-normalised."""
     if metric == 'euclidean':
         if b_sq is None:
             b_sq = b.pow(2).sum(1)
-        return (a.pow(2).sum(1, keepdim=True) + b_sq[None, :]).addmm_(a, b.t(), alpha=-2)
+        norms = torch.add(a.pow(2).sum(1, keepdim=True), b_sq[None, :], out=out)
+        return norms.addmm_(a, b.t(), alpha=-2)
     if metric == 'cosine':
-        return 1 - a @ b.t()
+        return torch.mm(a, b.t(), out=out).neg_().add_(1)
     raise ValueError(f'unknown distance {metric!r}; use one of {METRICS}')
 
 
@@ -42,21 +43,29 @@ def prepare(feats, metric):
     return F.normalize(feats, dim=1) if metric == 'cosine' else feats
 
 
-def distance_chunks(qf, gf, metric='euclidean', rows=None, block=BLOCK):
+def distance_chunks(qf, gf, metric='euclidean', rows=None, block=BLOCK, out=None):
     """Yield (start, end, [end - start, G] float32 distances) over the queries.
 
     gf=None means the gallery is the query set itself. rows: rows per chunk (rounded up to
     a multiple of `block`); None picks a size holding about CHUNK_ELEMENTS distances.
+    out: an optional [Q, G] float32 numpy array that receives every chunk (on the CPU the
+    distances are computed in it).
     """
     qf = prepare(as_tensor(qf), metric)
     gf = qf if gf is None else prepare(as_tensor(gf).to(qf.device), metric)
     g_sq = gf.pow(2).sum(1)
+    target = torch.from_numpy(out) if out is not None and qf.device.type == 'cpu' else None
     rows = chunk_rows(gf.shape[0], block) if rows is None else -(-rows // block) * block
     for start in range(0, qf.shape[0], rows):
         end = min(start + rows, qf.shape[0])
-        blocks = [distance_block(qf[b:min(b + block, end)], gf, metric, g_sq)
-                  for b in range(start, end, block)]
-        yield start, end, blocks[0] if len(blocks) == 1 else torch.cat(blocks)
+        chunk = target[start:end] if target is not None else torch.empty(
+            end - start, gf.shape[0], device=qf.device)
+        for b in range(start, end, block):
+            rows_out = chunk[b - start:b - start + block]
+            distance_block(qf[b:min(b + block, end)], gf, metric, g_sq, out=rows_out)
+        if out is not None and target is None:
+            out[start:end] = chunk.cpu().numpy()
+        yield start, end, chunk
 
 
 def matrix_chunks(distmat, rows=None):

@@ -15,9 +15,9 @@ from .atrw import ATRW_MODES, evaluate_atrw, load_annotation
 from .distance import METRICS, as_tensor, matrix_chunks
 from .errors import ReIDError
 from .protocols import (PROTOCOLS, DistanceSpec, EvalResult, Split, evaluate_animal,
-                        evaluate_standard, evaluate_vehicleid, scores)
+                        evaluate_standard, evaluate_vehicleid, same_camera_pairs, scores)
 from .ranking import RankStats
-from .reranking import INITIAL_DISTANCES
+from .reranking import INITIAL_DISTANCES, as_list
 
 __all__ = ['eval_func', 'R1_mAP_eval', 'make_evaluator', 'EvalResult']
 
@@ -30,13 +30,11 @@ def eval_func(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chunk_ro
     without a remaining match are skipped; cmc[r] is the fraction of the others whose first
     match is within rank r + 1 (float32, length min(max_rank, G)); AP is the mean of the
     precision at each match. chunk_rows only bounds memory; results do not depend on it."""
-    qp, gp = as_tensor(q_pids, torch.int64), as_tensor(g_pids, torch.int64)
-    qc, gc = as_tensor(q_camids, torch.int64), as_tensor(g_camids, torch.int64)
-
-    def excluded(s, e):
-        return (gp[None, :] == qp[s:e, None]) & (gc[None, :] == qc[s:e, None])
-
-    stats = RankStats.collect(matrix_chunks(distmat, chunk_rows), qp, gp, excluded)
+    dev = distmat.device if torch.is_tensor(distmat) else torch.device('cpu')
+    qp, gp, qc, gc = (as_tensor(x, torch.int64).to(dev)
+                      for x in (q_pids, g_pids, q_camids, g_camids))
+    stats = RankStats.collect(matrix_chunks(distmat, chunk_rows), qp, gp,
+                              same_camera_pairs(qp, qc, gp, gc))
     cmc, mAP = scores(stats, min(max_rank, len(gp)))
     return cmc, mAP
 
@@ -58,7 +56,9 @@ class R1_mAP_eval:
 
     The first num_query items are the queries, the rest the gallery (VehicleID and ATRW:
     all test images as queries and an empty gallery). Under torch.distributed every rank
-    gathers all ranks' items in rank order and returns the same result.
+    gathers all ranks' items in rank order and returns the same result. k1, k2 and
+    lambda_value may be lists: every combination is scored in one pass, the first is the
+    result and result.extra['rerank_sweep'] lists them all.
     """
 
     def __init__(self, num_query, max_rank=50, feat_norm='yes', reranking=False, *,
@@ -71,6 +71,9 @@ class R1_mAP_eval:
         self.protocol = _choice('TEST.PROTOCOL', protocol, PROTOCOLS)
         self.spec = DistanceSpec(_choice('TEST.DISTANCE', distance, METRICS))
         if reranking:
+            for key, values in (('TEST.RE_RANKING_K1', k1), ('TEST.RE_RANKING_K2', k2)):
+                if min(as_list(values)) < 1:
+                    raise ReIDError(f'{key} must be at least 1, got {values}')
             self.spec.rerank = dict(k1=k1, k2=k2, lambda_value=lambda_value,
                                     dist=_choice('TEST.RE_RANKING_DIST', rerank_dist, INITIAL_DISTANCES))
         self.ap_mode = _choice('TEST.AP_MODE', ap_mode, AP_MODES)

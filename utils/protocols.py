@@ -2,7 +2,10 @@
 
 Every protocol streams the query x gallery distances chunk by chunk (plain or re-ranked),
 turns each chunk into the ranks of the true matches (utils.ranking) and keeps the whole
-distance matrix only for the visualiser / TEST.DIST_MAT.
+distance matrix only for the visualiser / TEST.DIST_MAT. What a query ignores is given as
+(row, column) pairs built on the features' device (utils.pairs), never as dense masks.
+A re-ranking sweep (lists of k1 / k2 / lambda) scores every setting in the same pass: the
+result is the first setting's, and extra['rerank_sweep'] holds one row per setting.
 
 - standard  (Market1501, MSMT17, DukeMTMC, VeRi): drop same identity + same camera;
   queries without a valid match are skipped.
@@ -17,6 +20,7 @@ distance matrix only for the visualiser / TEST.DIST_MAT.
 """
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import product
 from typing import Callable, Optional
 
 import numpy as np
@@ -24,8 +28,9 @@ import torch
 
 from .distance import distance_chunks
 from .errors import ReIDError
-from .ranking import RankStats
-from .reranking import re_ranking_chunks
+from .pairs import KeyIndex, pairs_to_mask
+from .ranking import RankCollector
+from .reranking import as_list, re_ranking_sweep
 
 PROTOCOLS = ('standard', 'vehicleid', 'animal', 'atrw')
 
@@ -51,13 +56,23 @@ class Split:
 class DistanceSpec:
     """How query x gallery distances are made: TEST.DISTANCE, or re-ranking when rerank is set."""
     metric: str = 'euclidean'
-    rerank: Optional[dict] = None  # k1, k2, lambda_value, dist
+    rerank: Optional[dict] = None  # k1, k2, lambda_value (each a number or a list), dist
     rows: Optional[int] = None  # query rows per chunk (None: automatic)
 
-    def chunks(self, qf, gf):
+    def settings(self):
+        """The re-ranking (k1, k2, lambda) of each setting, in chunks()' numbering; [None] without."""
+        if not self.rerank:
+            return [None]
+        r = self.rerank
+        return list(product(as_list(r['k1']), as_list(r['k2']), as_list(r['lambda_value'])))
+
+    def chunks(self, qf, gf, out=None):
+        """Yield (setting, start, end, distances); out: a [Q, G] array receiving setting 0's."""
         if self.rerank:
-            return re_ranking_chunks(qf, gf, rows=self.rows, **self.rerank)
-        return distance_chunks(qf, gf, self.metric, rows=self.rows)
+            yield from re_ranking_sweep(qf, gf, rows=self.rows, out=out, **self.rerank)
+            return
+        for start, end, dist in distance_chunks(qf, gf, self.metric, rows=self.rows, out=out):
+            yield 0, start, end, dist
 
 
 @dataclass
@@ -75,7 +90,8 @@ class EvalResult:
     g_camids: Optional[np.ndarray] = None
     q_paths: Optional[list] = None
     g_paths: Optional[list] = None
-    excluded: Optional[Callable] = None  # (start, end) -> [end-start, G] bool of ignored entries
+    # (start, end) -> (rows, cols) pairs, or a bool mask, of the entries the protocol ignores
+    excluded: Optional[Callable] = None
     extra: dict = field(default_factory=dict)
 
     def summary(self):
@@ -86,22 +102,45 @@ class EvalResult:
         """[G] bool: gallery entries the protocol ignores for query q."""
         if self.excluded is None:
             return np.zeros(len(self.g_pids), dtype=bool)
-        return self.excluded(q, q + 1)[0].cpu().numpy()
+        ignored = self.excluded(q, q + 1)
+        if not torch.is_tensor(ignored):
+            ignored = pairs_to_mask(ignored, 1, len(self.g_pids))
+        return ignored[0].cpu().numpy()
 
 
 def scan(spec, q, g, excluded, keep_distmat=True):
-    """RankStats of every query (gallery g=None: the query set itself) and the distance matrix."""
+    """([RankStats of every query, per setting of spec], setting 0's distance matrix or None);
+    gallery g=None: the query set itself."""
     gal = q if g is None else g
     distmat = np.empty((len(q), len(gal)), dtype=np.float32) if keep_distmat else None
+    collectors = [RankCollector(q.pids, gal.pids, excluded) for _ in spec.settings()]
+    for setting, start, end, dist in spec.chunks(q.feats, None if g is None else g.feats, distmat):
+        collectors[setting].add(start, end, dist)
+    return [c.stats() for c in collectors], distmat
 
-    def chunks():
-        for start, end, dist in spec.chunks(q.feats, None if g is None else g.feats):
-            if distmat is not None:
-                distmat[start:end] = dist.cpu().numpy()
-            yield start, end, dist
 
-    stats = RankStats.collect(chunks(), torch.as_tensor(q.pids), torch.as_tensor(gal.pids), excluded)
-    return stats, distmat
+def on_device(split, *arrays):
+    """int64 tensors of the arrays on the device of split's features."""
+    return [torch.as_tensor(a, dtype=torch.int64, device=split.feats.device) for a in arrays]
+
+
+def sweep_table(spec, metrics):
+    """One row per setting of a re-ranking sweep: k1, k2, lambda and the metrics; None otherwise."""
+    settings = spec.settings()
+    if len(settings) == 1:
+        return None
+    return [OrderedDict(zip(('k1', 'k2', 'lambda'), s), **m) for s, m in zip(settings, metrics)]
+
+
+def format_sweep(table):
+    """Text lines of a sweep table (percentages), for the log."""
+    names = [k for k in table[0] if k not in ('k1', 'k2', 'lambda')]
+    widths = [max(7, len(n)) for n in names]
+    lines = ['  k1   k2  lambda  ' + '  '.join(f'{n:>{w}s}' for n, w in zip(names, widths))]
+    for row in table:
+        lines.append(f'{row["k1"]:4d} {row["k2"]:4d}  {row["lambda"]:6.3f}  '
+                     + '  '.join(f'{100 * row[n]:{w - 1}.1f}%' for n, w in zip(names, widths)))
+    return lines
 
 
 def scores(stats, max_rank, ap_mode='standard'):
@@ -119,22 +158,34 @@ def rank_metrics(cmc, mAP, map_name='mAP'):
     return out
 
 
-def _result(protocol, cmc, mAP, metrics, q, gal, distmat, excluded, **kw):
-    return EvalResult(cmc=cmc, mAP=mAP, metrics=metrics, protocol=protocol, distmat=distmat,
-                      q_pids=q.pids, g_pids=gal.pids, q_camids=q.camids, g_camids=gal.camids,
-                      q_paths=q.paths, g_paths=gal.paths, excluded=excluded, **kw)
+def _result(protocol, cmc, mAP, metrics, q, gal, distmat, excluded, sweep=None, **kw):
+    result = EvalResult(cmc=cmc, mAP=mAP, metrics=metrics, protocol=protocol, distmat=distmat,
+                        q_pids=q.pids, g_pids=gal.pids, q_camids=q.camids, g_camids=gal.camids,
+                        q_paths=q.paths, g_paths=gal.paths, excluded=excluded, **kw)
+    if sweep:
+        result.extra['rerank_sweep'] = sweep
+    return result
+
+
+def same_camera_pairs(q_pids, q_camids, g_pids, g_camids):
+    """excluded(start, end) of the standard protocol: the gallery entries with the query's
+    identity and camera, as (rows, cols) pairs on the tensors' device."""
+    index = KeyIndex(g_pids)
+
+    def excluded(s, e):
+        rows, cols = index.pairs(q_pids[s:e])
+        same = g_camids[cols] == q_camids[s:e][rows]
+        return rows[same], cols[same]
+    return excluded
 
 
 def evaluate_standard(spec, q, g, max_rank=50):
-    qp, gp = torch.as_tensor(q.pids), torch.as_tensor(g.pids)
-    qc, gc = torch.as_tensor(q.camids), torch.as_tensor(g.camids)
-
-    def excluded(s, e):
-        return (gp[None, :] == qp[s:e, None]) & (gc[None, :] == qc[s:e, None])
-
-    stats, distmat = scan(spec, q, g, excluded)
-    cmc, mAP = scores(stats, max_rank)
-    return _result('standard', cmc, mAP, rank_metrics(cmc, mAP), q, g, distmat, excluded)
+    excluded = same_camera_pairs(*on_device(q, q.pids, q.camids, g.pids, g.camids))
+    all_stats, distmat = scan(spec, q, g, excluded)
+    results = [scores(stats, max_rank) for stats in all_stats]
+    cmc, mAP = results[0]
+    return _result('standard', cmc, mAP, rank_metrics(cmc, mAP), q, g, distmat, excluded,
+                   sweep=sweep_table(spec, [rank_metrics(*r) for r in results]))
 
 
 def vehicleid_draw(pids, rng):
@@ -148,44 +199,51 @@ def vehicleid_draw(pids, rng):
 def evaluate_vehicleid(spec, test, max_rank=50, trials=10, seed=0):
     """Mean CMC / mAP over `trials` seeded draws of a one-image-per-identity gallery."""
     rng = np.random.default_rng(seed)
-    cmcs, maps, draws, first = [], [], [], None
+    per_setting = [([], []) for _ in spec.settings()]  # (cmcs, maps) of each setting
+    draws, first = [], None
     for t in range(trials):
         qi, gi = vehicleid_draw(test.pids, rng)
         q, g = test.take(qi), test.take(gi)
-        stats, distmat = scan(spec, q, g, None, keep_distmat=t == 0)
-        cmc, mAP = scores(stats, max_rank)
-        cmcs.append(cmc)
-        maps.append(mAP)
+        all_stats, distmat = scan(spec, q, g, None, keep_distmat=t == 0)
+        for (cmcs, maps), stats in zip(per_setting, all_stats):
+            cmc, mAP = scores(stats, max_rank)
+            cmcs.append(cmc)
+            maps.append(mAP)
         draws.append(gi)
         if t == 0:
             first = (q, g, distmat)
-    cmc, mAP = np.mean(cmcs, axis=0).astype(np.float32), float(np.mean(maps))
+    means = [(np.mean(cmcs, axis=0).astype(np.float32), float(np.mean(maps)))
+             for cmcs, maps in per_setting]
+    cmc, mAP = means[0]
     q, g, distmat = first
     return _result('vehicleid', cmc, mAP, rank_metrics(cmc, mAP), q, g, distmat, None,
-                   extra={'trial_mAP': maps, 'gallery_indices': draws})
+                   sweep=sweep_table(spec, [rank_metrics(*m) for m in means]),
+                   extra={'trial_mAP': per_setting[0][1], 'gallery_indices': draws})
 
 
 def evaluate_animal(spec, q, g, max_rank=50, ap_mode='trapezoid'):
     """Query images are part of the gallery: each query ignores exactly its own image."""
+    dev = q.feats.device
     if len(g) == 0:  # the gallery is the query set: own image = same index
         g_side, gal = None, q
 
         def excluded(s, e):
-            cols = torch.arange(len(q))
-            return cols[None, :] == torch.arange(s, e)[:, None]
+            return torch.arange(e - s, device=dev), torch.arange(s, e, device=dev)
     else:
         if q.paths is None or g.paths is None:
             raise ReIDError('the animal protocol needs image paths (update((feat, pids, camids, '
                             'paths))) to recognise the query image inside the gallery')
         ids = {p: i for i, p in enumerate(dict.fromkeys(list(q.paths) + list(g.paths)))}
-        q_ids = torch.tensor([ids[p] for p in q.paths])
-        g_ids = torch.tensor([ids[p] for p in g.paths])
-        g_side, gal = g, g
+        q_ids, g_ids = on_device(q, [ids[p] for p in q.paths], [ids[p] for p in g.paths])
+        index, g_side, gal = KeyIndex(g_ids), g, g
 
         def excluded(s, e):
-            return g_ids[None, :] == q_ids[s:e, None]
+            return index.pairs(q_ids[s:e])
 
-    stats, distmat = scan(spec, q, g_side, excluded)
-    cmc, mAP = scores(stats, max_rank, ap_mode)
-    return _result('animal', cmc, mAP, rank_metrics(cmc, mAP, f'mAP({ap_mode})'), q, gal,
-                   distmat, excluded, ap_mode=ap_mode)
+    all_stats, distmat = scan(spec, q, g_side, excluded)
+    results = [scores(stats, max_rank, ap_mode) for stats in all_stats]
+    cmc, mAP = results[0]
+    name = f'mAP({ap_mode})'
+    return _result('animal', cmc, mAP, rank_metrics(cmc, mAP, name), q, gal, distmat, excluded,
+                   sweep=sweep_table(spec, [rank_metrics(*r, name) for r in results]),
+                   ap_mode=ap_mode)

@@ -6,83 +6,87 @@ distances over the stacked query+gallery features, each row divided by its maxim
 their half-size sets, Gaussian-kernel encodings V kept in float16, query expansion over
 the k2 nearest, and final = (1 - lambda) * Jaccard + lambda * normalised distance.
 
-Upstream holds several dense (Q+G)^2 matrices (~35 GB each for MSMT17). Here only the
-top-(k1+1) neighbour lists, the row maxima and the sparse V (a few hundred non-zeros per
-row) are kept; distances are recomputed block by block. The float16 steps of upstream
-(V, its query expansion, the Jaccard accumulator and the Jaccard distance) are reproduced
-operation by operation, in upstream's order, so results match it to float32 rounding of
-the initial distances and do not depend on chunking or device.
+Upstream holds several dense (Q+G)^2 matrices (~35 GB each for MSMT17). Here one pass
+over half of the symmetric distance matrix (utils.neighbours) keeps the top-(k1+1)
+neighbour lists, the row maxima and the query x gallery distances; V is sparse (a few
+hundred non-zeros per row). The float16 steps of upstream (V, its query expansion, the
+Jaccard accumulator and the Jaccard distance) are reproduced operation by operation, in
+upstream's order, so results match it to float32 rounding of the initial distances and do
+not depend on chunking or device.
+
+Parameter sweeps: k1, k2 and lambda may be lists. The neighbour pass runs once, for the
+largest k1 (a smaller k1's lists are its prefix); each (k1, k2) is encoded once and every
+lambda reuses its Jaccard distances.
 """
+from itertools import product
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .distance import BLOCK, as_tensor, chunk_rows
+from .distance import as_tensor
+from .neighbours import INITIAL_DISTANCES, NeighbourLists, StackedFeatures
+from .pairs import expand
 
-INITIAL_DISTANCES = ('euclidean', 'cosine_sq')
-_PAIRS = 1 << 14  # feature pairs per gather when weighting V
+__all__ = ['INITIAL_DISTANCES', 'KReciprocal', 're_ranking', 're_ranking_chunks', 're_ranking_sweep']
+
+_PAIRS = 1 << 16  # pairs per step when weighting V
 _ROWS = 4096  # rows per step of the neighbour-set computations
+_QE_ENTRIES = 1 << 20  # V entries gathered per step of the query expansion
+# query x gallery entries per chunk of final distances; on the CPU the Jaccard accumulator
+# of a chunk should stay in cache, but a chunk should still have a few dozen rows
+_CHUNK_ELEMENTS = {'cpu': 1 << 20, 'cuda': 1 << 26}
+_MIN_ROWS = 32
 
 
-def _f16(x):
-    """Round float32 values to float16 (numpy's float16 ops compute in float32, then round)."""
-    return x.half().float()
+def _row_sums(rows, values, n):
+    """float32 sum of each row's values, added one by one in their order (rows sorted): the
+    same bits on every device and in every run, unlike an index_add_ with repeated rows."""
+    counts = torch.bincount(rows, minlength=n)
+    slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
+    by_slot = torch.zeros(int(counts.max()) if rows.numel() else 0, n, device=values.device)
+    by_slot[slot, rows] = values
+    total = torch.zeros(n, device=values.device)
+    for column in by_slot:
+        total += column
+    return total
 
 
-def _expand(starts, lengths):
-    """Indices starts[i] + 0..lengths[i]-1 for every i, concatenated, with their owner i."""
-    owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
-    offset = torch.arange(owner.numel(), device=lengths.device) - (lengths.cumsum(0) - lengths)[owner]
-    return starts[owner] + offset, owner
+def as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 class KReciprocal:
-    """Neighbour lists and sparse encodings of the stacked features; final rows on demand.
+    """Sparse k-reciprocal encodings of the stacked features for one (k1, k2), and the
+    Jaccard / re-ranked distances of query rows on demand.
 
-    galFea=None: the gallery is the query set itself (animal protocols), so the stacked set
-    holds every image once.
+    probFea, galFea, dist, block as for re_ranking. neighbours: a NeighbourLists of these
+    features (for k >= k1 + 1) to share, as a sweep does; its stash holds the initial query
+    x gallery distances that lambda > 0 needs. V is kept as CSR (crow, col, val: float32
+    holding float16 values) after query expansion, and column-major over the gallery rows
+    (g_ptr, g_rows, g_vals).
     """
 
-    def __init__(self, probFea, galFea=None, k1=20, k2=6, lambda_value=0.3,
-                 dist='euclidean', block=BLOCK):
-        if dist not in INITIAL_DISTANCES:
-            raise ValueError(f'unknown re-ranking distance {dist!r}; use one of {INITIAL_DISTANCES}')
-        q = as_tensor(probFea)
-        feats = q if galFea is None else torch.cat([q, as_tensor(galFea).to(q.device)])
-        self.feats = F.normalize(feats, dim=1) if dist == 'cosine_sq' else feats
-        self.sq = self.feats.pow(2).sum(1)
-        self.dist, self.block, self.lam = dist, block, lambda_value
-        self.n, self.num_query = feats.shape[0], q.shape[0]
-        self.gal_start = 0 if galFea is None else self.num_query
+    def __init__(self, probFea=None, galFea=None, k1=20, k2=6, lambda_value=0.3,
+                 dist='euclidean', block=None, neighbours=None):
+        if neighbours is None:
+            stacked = StackedFeatures(probFea, galFea, dist, block)
+            stash = None if lambda_value == 0 else torch.empty(
+                stacked.num_query, stacked.n - stacked.gal_start, device=stacked.device)
+            neighbours = NeighbourLists(stacked, k1 + 1, stash)
+        if neighbours.k < min(k1 + 1, neighbours.stacked.n):
+            raise ValueError(f'neighbour lists of {neighbours.k} are too short for k1={k1}')
+        self.neighbours, self.lam = neighbours, lambda_value
+        self.stacked = stacked = neighbours.stacked
+        self.n = stacked.n
+        self.rowmax = neighbours.rowmax
         self.kf = min(k1 + 1, self.n)  # a row's forward neighbours, itself included
         self.kh = min(int(np.around(k1 / 2)) + 1, self.n)
         self.k2 = min(k2, self.n)
-        self._neighbours()
+        self.rank = neighbours.index[:, :self.kf]
+        self.dist = neighbours.distances[:, :self.kf]
         rows, cols, vals = self._encode()
         self._query_expansion(rows, cols, vals)
         self._index_gallery()
-
-    # -- distances ---------------------------------------------------------------------
-    def _initial(self, dot, sq_a, sq_b):
-        if self.dist == 'euclidean':
-            return sq_a + sq_b - 2 * dot
-        return (2 - 2 * dot).square()
-
-    def _block(self, b0):
-        """Rows b0..b0+block of the initial distance against every stacked feature."""
-        a = self.feats[b0:b0 + self.block]
-        if self.dist == 'euclidean':
-            return (self.sq[b0:b0 + self.block, None] + self.sq[None, :]).addmm_(a, self.feats.t(), alpha=-2)
-        return (2 - 2 * (a @ self.feats.t())).square_()
-
-    def _neighbours(self):
-        dev = self.feats.device
-        self.rowmax = torch.empty(self.n, device=dev)
-        self.rank = torch.empty(self.n, self.kf, dtype=torch.int64, device=dev)
-        for b0 in range(0, self.n, self.block):
-            d = self._block(b0)
-            self.rowmax[b0:b0 + d.shape[0]] = d.max(1).values
-            self.rank[b0:b0 + d.shape[0]] = d.topk(self.kf, dim=1, largest=False).indices
 
     # -- k-reciprocal encoding -----------------------------------------------------------
     def _reciprocal(self, k, start, end):
@@ -95,10 +99,13 @@ class KReciprocal:
     def _expansion(self, start, end, half_mask):
         """(rows, cols) of the expanded k-reciprocal sets of rows start..end."""
         cand = self.rank[start:end]
+        c, kf = cand.shape
         in_k = self._reciprocal(self.kf, start, end)
-        half = self.rank[cand, :self.kh]  # [c, k1 + 1, kh] half-size neighbours of each candidate
-        half_ok = half_mask[cand]  # [c, k1 + 1, kh] which of them are half-reciprocal
-        shared = ((half[..., None] == cand[:, None, None, :]) & in_k[:, None, None, :]).any(3)
+        half = self.rank[cand, :self.kh]  # [c, kf, kh] half-size neighbours of each candidate
+        half_ok = half_mask[cand]  # [c, kf, kh] which of them are half-reciprocal
+        members = torch.where(in_k, cand, -1).sort(1).values  # the k-reciprocal set, sorted
+        at = torch.searchsorted(members, half.reshape(c, -1)).clamp_(max=kf - 1)
+        shared = (members.gather(1, at) == half.reshape(c, -1)).view_as(half)
         size = half_ok.sum(2)
         # upstream: len(intersect) > 2/3 * len(candidate set), in integers
         accept = in_k & (3 * (shared & half_ok).sum(2) > 2 * size)
@@ -109,7 +116,9 @@ class KReciprocal:
         return rows, cols
 
     def _encode(self):
-        """Sparse V: V[i, j] = exp(-d_ij) / sum over i's expanded set, rounded to float16."""
+        """Sparse V: V[i, j] = exp(-d_ij) / sum over i's expanded set, rounded to float16.
+        d_ij is the neighbour pass's own distance where j is one of i's k1 + 1 nearest (nearly
+        always), a gathered dot product otherwise."""
         steps = [(s, min(s + _ROWS, self.n)) for s in range(0, self.n, _ROWS)]
         half_mask = torch.cat([self._reciprocal(self.kh, s, e) for s, e in steps])
         keys = []
@@ -118,104 +127,166 @@ class KReciprocal:
             keys.append(torch.unique(rows * self.n + cols))
         keys = torch.cat(keys)  # sorted: each chunk sorted, chunks in row order
         rows, cols = keys // self.n, keys % self.n
-        weight = torch.empty(keys.numel(), device=keys.device)
+        dist = torch.empty(keys.numel(), device=keys.device)
         for p in range(0, keys.numel(), _PAIRS):
             i, j = rows[p:p + _PAIRS], cols[p:p + _PAIRS]
-            dot = (self.feats[i] * self.feats[j]).sum(1)
-            weight[p:p + _PAIRS] = torch.exp(-self._initial(dot, self.sq[i], self.sq[j]) / self.rowmax[i])
-        total = torch.zeros(self.n, device=keys.device).index_add_(0, rows, weight)
-        return rows, cols, (weight / total[rows]).half().float()
+            listed = self.rank[i] == j[:, None]  # most members are among i's own neighbours
+            found = listed.any(1)
+            dist[p:p + _PAIRS] = self.dist[i].gather(1, listed.int().argmax(1, keepdim=True))[:, 0]
+            if not found.all():
+                lost = (~found).nonzero().squeeze(1)
+                dist[p + lost] = self.stacked.pair_distances(i[lost], j[lost])
+        weight = torch.exp(-dist / self.rowmax[rows])
+        return rows, cols, (weight / _row_sums(rows, weight, self.n)[rows]).half().float()
 
     def _query_expansion(self, rows, cols, vals):
-        """V[i] <- mean of V over i's k2 nearest rows (float32 mean, stored as float16)."""
+        """V[i] <- mean of V over i's k2 nearest rows, as numpy's float16 mean: float32 sums
+        in neighbour order, divided by k2, rounded to float16."""
         crow = torch.zeros(self.n + 1, dtype=torch.int64, device=rows.device)
         crow[1:] = torch.bincount(rows, minlength=self.n).cumsum(0)
         if self.k2 == 1:
-            self.crow, self.col, self.val = crow, cols, vals
+            self.crow, self.col, self.val = crow, cols.int(), vals
             return
-        out_keys, out_vals = [], []
-        step = max(1, (1 << 22) // max(1, self.k2 * int(crow[-1]) // max(1, self.n)))
+        out_counts = torch.zeros(self.n, dtype=torch.int64, device=rows.device)
+        out_cols, out_vals = [], []
+        step = max(1, _QE_ENTRIES // max(1, self.k2 * int(crow[-1]) // max(1, self.n)))
         for s in range(0, self.n, step):
             e = min(s + step, self.n)
             src = self.rank[s:e, :self.k2].reshape(-1)
-            idx, owner = _expand(crow[src], crow[src + 1] - crow[src])
-            key = (owner // self.k2 + s) * self.n + cols[idx]
-            ukey, inv = torch.unique(key, return_inverse=True)
-            total = torch.zeros(ukey.numel(), dtype=torch.float64, device=key.device)
-            total.index_add_(0, inv, vals[idx].double())
-            mean = (total.float() / self.k2).half().float()
+            idx, owner = expand(crow[src], crow[src + 1] - crow[src])
+            ukey, inv = torch.unique((owner // self.k2) * self.n + cols[idx], return_inverse=True)
+            by_t = torch.sort(owner % self.k2, stable=True)
+            bounds = [0] + torch.bincount(by_t.values, minlength=self.k2).cumsum(0).tolist()
+            total = torch.zeros(ukey.numel(), device=rows.device)
+            for a, b in zip(bounds[:-1], bounds[1:]):  # t-th neighbours: unique keys, one add each
+                take = by_t.indices[a:b]
+                total.index_add_(0, inv[take], vals[idx[take]])
+            mean = (total / self.k2).half().float()
             keep = mean != 0
-            out_keys.append(ukey[keep])
+            ukey = ukey[keep]
+            out_counts[s:e] = torch.bincount(ukey // self.n, minlength=e - s)
+            out_cols.append((ukey % self.n).int())
             out_vals.append(mean[keep])
-        keys = torch.cat(out_keys)
-        self.col, self.val = keys % self.n, torch.cat(out_vals)
-        self.crow = torch.zeros(self.n + 1, dtype=torch.int64, device=keys.device)
-        self.crow[1:] = torch.bincount(keys // self.n, minlength=self.n).cumsum(0)
+        self.col, self.val = torch.cat(out_cols), torch.cat(out_vals)
+        self.crow = torch.zeros(self.n + 1, dtype=torch.int64, device=rows.device)
+        self.crow[1:] = out_counts.cumsum(0)
 
     def _index_gallery(self):
         """Column-major index of the gallery rows of V: who has a weight on column k."""
-        rows = torch.repeat_interleave(torch.arange(self.n, device=self.crow.device),
-                                       self.crow[1:] - self.crow[:-1])
-        gal = rows >= self.gal_start
-        order = torch.sort(self.col[gal], stable=True).indices
-        self.g_rows = (rows[gal] - self.gal_start)[order]
-        self.g_vals = self.val[gal][order]
-        self.g_ptr = torch.zeros(self.n + 1, dtype=torch.int64, device=rows.device)
-        self.g_ptr[1:] = torch.bincount(self.col[gal], minlength=self.n).cumsum(0)
+        gal_start = self.stacked.gal_start
+        first = int(self.crow[gal_start])  # CSR rows are in order: the gallery's entries follow
+        cols = self.col[first:]
+        order = torch.sort(cols, stable=True).indices
+        counts = self.crow[gal_start + 1:] - self.crow[gal_start:-1]
+        rows = torch.repeat_interleave(torch.arange(counts.numel(), device=cols.device), counts)
+        self.g_rows = rows[order]
+        self.g_vals = self.val[first:][order].half()
+        self.g_ptr = torch.zeros(self.n + 1, dtype=torch.int64, device=cols.device)
+        self.g_ptr[1:] = torch.bincount(cols, minlength=self.n).cumsum(0)
 
     # -- final distances -----------------------------------------------------------------
-    @property
-    def num_gallery(self):
-        return self.n - self.gal_start
-
-    def _overlap(self, start, end):
-        """[end-start, G] sum_k min(V[i, k], V[j, k]) for query rows i and gallery rows j,
-        accumulated as upstream does: in float16, k ascending (float32 tensor of float16 values).
+    def overlap(self, start, end):
+        """[end-start, G] float16 sum_k min(V[i, k], V[j, k]) for query rows i and gallery
+        rows j, accumulated as upstream does: in float16, k ascending.
 
         Step e adds every query row's e-th non-zero column k for all gallery rows holding
         column k: no (i, j) is touched twice in one step, so the float16 rounding after each
-        addition happens in upstream's order whatever the chunking or device.
+        addition happens in upstream's order whatever the chunking or device. All the
+        (i, j, k) terms are listed at once, grouped by step; a step adds one slice of them
+        (float16 adds compute in float32 and round, as numpy's do).
         """
-        g = self.num_gallery
-        acc = torch.zeros((end - start) * g, device=self.val.device)
+        g = self.stacked.n - self.stacked.gal_start
+        dev = self.val.device
+        acc = torch.zeros((end - start) * g, dtype=torch.float16, device=dev)
         first = self.crow[start:end]
-        count = self.crow[start + 1:end + 1] - first
-        for e in range(int(count.max()) if end > start else 0):
-            live = torch.nonzero(count > e).squeeze(1)
-            ent = first[live] + e
-            k = self.col[ent]
-            idx, which = _expand(self.g_ptr[k], self.g_ptr[k + 1] - self.g_ptr[k])
-            flat = live[which] * g + self.g_rows[idx]
-            acc[flat] = _f16(acc[flat] + torch.minimum(self.val[ent][which], self.g_vals[idx]))
+        ent, row = expand(first, self.crow[start + 1:end + 1] - first)
+        if ent.numel() == 0:
+            return acc.view(end - start, g)
+        step = ent - first[row]
+        order = torch.sort(step, stable=True).indices
+        ent, row, step = ent[order], row[order], step[order]
+        k = self.col[ent]
+        lengths = self.g_ptr[k + 1] - self.g_ptr[k]
+        total = int(lengths.sum())
+        which = torch.repeat_interleave(torch.arange(ent.numel(), device=dev), lengths,
+                                        output_size=total)
+        held = (self.g_ptr[k] - (lengths.cumsum(0) - lengths)).index_select(0, which)
+        held += torch.arange(total, device=dev)  # the gallery rows holding column k, in turn
+        flat = (row * g).index_select(0, which) + self.g_rows.index_select(0, held)
+        terms = torch.minimum(self.val[ent].half().index_select(0, which),
+                              self.g_vals.index_select(0, held))
+        per_step = torch.zeros(int(step[-1]) + 1, dtype=torch.int64, device=dev)
+        bounds = [0] + per_step.index_add_(0, step, lengths).cumsum(0).tolist()
+        for a, b in zip(bounds[:-1], bounds[1:]):  # indices unique within a step
+            f = flat[a:b]
+            acc.index_copy_(0, f, acc.index_select(0, f) + terms[a:b])
         return acc.view(end - start, g)
 
-    def rows(self, start, end):
-        """Final re-ranked distances [end-start, G] (float32) of query rows start..end."""
-        parts = []
-        for b0 in range(start - start % self.block, end, self.block):
-            lo, hi = max(start, b0), min(end, b0 + self.block)
-            d = self._block(b0)[lo - b0:hi - b0, self.gal_start:]
-            parts.append(d / self.rowmax[lo:hi, None])
-        original = torch.cat(parts)
-        keep = float(torch.tensor(1 - self.lam).half())
-        return _f16(self.jaccard_rows(start, end) * keep) + original * self.lam
+    def _jaccard(self, start, end):
+        t = self.overlap(start, end)
+        return 1 - t / (2 - t)  # upstream's float16 arithmetic, one rounding per operation
 
     def jaccard_rows(self, start, end):
-        """The Jaccard term alone [end-start, G] (float32 holding float16 values): what
-        unsupervised training clusters on. Upstream's float16 arithmetic: 1 - t / (2 - t)."""
-        t = self._overlap(start, end)
-        return _f16(1 - _f16(t / _f16(2 - t)))
+        """The Jaccard distances alone [end-start, G] (float32 holding float16 values)."""
+        return self._jaccard(start, end).float()
+
+    def final(self, start, end, lambdas):
+        """Re-ranked distances of query rows start..end for each lambda (float32 tensors):
+        (1 - lambda) * Jaccard in float16, plus lambda * the row-normalised initial distance."""
+        jaccard = self._jaccard(start, end)
+        stash = self.neighbours.stash
+        if stash is None and any(lam != 0 for lam in lambdas):
+            raise ValueError('lambda > 0 needs the initial distances: build with lambda_value > 0')
+        original = None if stash is None else stash[start:end] / self.rowmax[start:end, None]
+        for lam in lambdas:
+            keep = torch.tensor(1 - lam, dtype=torch.float16, device=jaccard.device)
+            part = (jaccard * keep).float()
+            yield part if original is None else part + original * lam
+
+    def rows(self, start, end):
+        """Re-ranked distances [end-start, G] of query rows start..end for lambda_value."""
+        return next(self.final(start, end, [self.lam]))
+
+
+def re_ranking_sweep(probFea, galFea, k1=20, k2=6, lambda_value=0.3, dist='euclidean',
+                     rows=None, block=None, out=None):
+    """Yield (setting, start, end, [end-start, G] float32 tensor) of the re-ranked query x
+    gallery distances, on the features' device, for every setting of (k1, k2, lambda) in
+    itertools.product order of the lists (a number counts as a one-item list).
+
+    out: an optional [Q, G] float32 numpy array that also receives setting 0's distances
+    (with one setting on the CPU the work happens in it). Peak memory: one Q x G matrix
+    (two when sweeping with `out`) plus one chunk and the sparse encodings.
+    """
+    k1s, k2s, lambdas = as_list(k1), as_list(k2), as_list(lambda_value)
+    stacked = StackedFeatures(probFea, galFea, dist, block)
+    q, g = stacked.num_query, stacked.n - stacked.gal_start
+    single = len(k1s) * len(k2s) * len(lambdas) == 1
+    in_place = out is not None and single and stacked.device.type == 'cpu'
+    stash = torch.from_numpy(out) if in_place else torch.empty(q, g, device=stacked.device)
+    neighbours = NeighbourLists(stacked, max(k1s) + 1, stash)
+    elements = _CHUNK_ELEMENTS.get(stacked.device.type, _CHUNK_ELEMENTS['cuda'])
+    rows = rows or max(_MIN_ROWS, elements // max(g, 1))
+    for (i1, a), (i2, b) in product(enumerate(k1s), enumerate(k2s)):
+        kr = KReciprocal(k1=a, k2=b, neighbours=neighbours)
+        for start in range(0, q, rows):
+            end = min(start + rows, q)
+            for i3, chunk in enumerate(kr.final(start, end, lambdas)):
+                setting = (i1 * len(k2s) + i2) * len(lambdas) + i3
+                if in_place:
+                    chunk = stash[start:end].copy_(chunk)
+                elif out is not None and setting == 0:
+                    out[start:end] = chunk.cpu().numpy()
+                yield setting, start, end, chunk
 
 
 def re_ranking_chunks(probFea, galFea, k1=20, k2=6, lambda_value=0.3, dist='euclidean',
-                      rows=None, block=BLOCK):
+                      rows=None, block=None, out=None):
     """Yield (start, end, [end-start, G] float32 tensor) of the re-ranked query x gallery
-    distances, on the features' device; peak memory is one chunk plus the sparse encodings."""
-    kr = KReciprocal(probFea, galFea, k1, k2, lambda_value, dist, block)
-    rows = chunk_rows(kr.num_gallery, block, 1 << 22) if rows is None else -(-rows // block) * block
-    for start in range(0, kr.num_query, rows):
-        end = min(start + rows, kr.num_query)
-        yield start, end, kr.rows(start, end)
+    distances of one (k1, k2, lambda), on the features' device."""
+    for _, start, end, chunk in re_ranking_sweep(probFea, galFea, k1, k2, lambda_value, dist,
+                                                 rows, block, out):
+        yield start, end, chunk
 
 
 def re_ranking(probFea, galFea, k1=20, k2=6, lambda_value=0.3, dist='euclidean'):
@@ -228,6 +299,6 @@ def re_ranking(probFea, galFea, k1=20, k2=6, lambda_value=0.3, dist='euclidean')
     q = as_tensor(probFea).shape[0]
     g = q if galFea is None else as_tensor(galFea).shape[0]
     out = np.empty((q, g), dtype=np.float32)
-    for start, end, chunk in re_ranking_chunks(probFea, galFea, k1, k2, lambda_value, dist):
-        out[start:end] = chunk.cpu().numpy()
+    for _ in re_ranking_chunks(probFea, galFea, k1, k2, lambda_value, dist, out=out):
+        pass
     return out

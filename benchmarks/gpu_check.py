@@ -1,0 +1,163 @@
+"""The one-shot GPU check behind benchmarks/gpu_check.sh (run that; see its header).
+
+Steps, each with a time limit, stopping at the first failure with its output:
+  1. the CUDA-only tests (pytest -k "cuda or gpu"; on a GPU none may be skipped)
+  2. bench_train.py, ViT-B/16 at 256x128, batch 64: SOLVER.AMP bf16, then fp16 (GradScaler)
+  3. a one-GPU torchrun (NCCL) PCL training run with evaluation on generated demo data
+  4. bench_eval.py at MSMT17 size on CUDA: evaluation and re-ranking against their floors
+Then one Markdown table, as in benchmarks/README.md, naming the device.
+
+--dry-run runs the same steps on the CPU at toy sizes (tiny CLIP, 64x32 images, a toy
+evaluation, torchrun with gloo): it checks the plumbing, not the GPU.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEADLINE = [float('inf')]  # time.monotonic() by which everything must be done
+
+
+class StepFailed(Exception):
+    pass
+
+
+def call(cmd, limit, env=None):
+    """Run cmd in the repository; its stdout+stderr; StepFailed (with the tail) on error."""
+    limit = min(limit, DEADLINE[0] - time.monotonic())
+    if limit <= 0:
+        raise StepFailed(f'no time left for {" ".join(cmd)}')
+    try:
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=limit,
+                             env={**os.environ, 'TQDM_DISABLE': '1', **(env or {})})
+    except subprocess.TimeoutExpired as err:
+        raise StepFailed(f'{" ".join(cmd)} ran past {limit} s\n{(err.stdout or "")[-3000:]}') from None
+    text = out.stdout + out.stderr
+    if out.returncode:
+        raise StepFailed(f'{" ".join(cmd)} exited with {out.returncode}\n{text[-6000:]}')
+    return text
+
+
+def step_tests(args):
+    text = call([sys.executable, '-m', 'pytest', '-q', '-rs', '-k', 'cuda or gpu', 'tests'], 240)
+    summary = text.strip().splitlines()[-1]
+    skipped = int(m.group(1)) if (m := re.search(r'(\d+) skipped', summary)) else 0
+    if not args.dry_run and skipped:
+        raise StepFailed(f'CUDA tests were skipped on a CUDA machine:\n{text[-3000:]}')
+    return [['CUDA-only tests', 'pytest -k "cuda or gpu"', summary.strip('= '), '', '']]
+
+
+def step_train(args):
+    if args.dry_run:
+        base = ['--model', 'tiny', '--size', '64', '32', '--batch', '8', '--iters', '2',
+                '--warmup', '1', '--device', 'cpu', '--workers', '0']
+    else:
+        base = ['--model', 'ViT-B-16', '--size', '256', '128', '--batch', '64', '--iters', '10',
+                '--warmup', '3', '--device', 'cuda', '--workers', '8']
+    base += ['--data', os.path.join(args.work, 'bench_train'), '--json']
+    rows = []
+    for amp, label in (('bf16', 'bf16'), ('fp16', 'fp16 + GradScaler')):
+        text = call([sys.executable, 'benchmarks/bench_train.py', *base, '--amp', amp], 240)
+        for r in (json.loads(line) for line in text.splitlines() if line.startswith('{')):
+            method = 'CLIP-ReID stage 2' if r['method'] == 'clipreid' else 'PCL'
+            if not args.dry_run and r['amp'] != f'torch.{"bfloat16" if amp == "bf16" else "float16"}':
+                raise StepFailed(f'bench_train ran with autocast {r["amp"]}, not {amp}')
+            setting = f'{base[1]} {base[3]}x{base[4]}, batch {base[6]}, ' + (
+                'SOLVER.AMP ignored on the CPU' if args.dry_run else label)
+            rows.append([f'training: {method}', setting, f'{r["samples_per_s"]:.1f} samples/s',
+                         f'{r["seconds_per_iter"]:.3f} s/iteration', f'{r["peak_gib"]:.2f} GiB'])
+    return rows
+
+
+def step_torchrun(args):
+    data, out = os.path.join(args.work, 'demo_data'), os.path.join(args.work, 'torchrun')
+    weights = os.path.join(data, 'tiny_clip_vit.pt')
+    call([sys.executable, '-m', 'datasets.demo_data', '--root', data, '--layouts', 'market1501',
+          '--ids', '24'], 120)
+    if not os.path.exists(weights):
+        call([sys.executable, '-m', 'model.tiny_clip', '--out', weights, '--arch', 'vit',
+              '--fmt', 'torchscript'], 120)
+    device = 'cpu' if args.dry_run else 'cuda'
+    call([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '1',
+          'train_pcl.py', '--config_file', 'configs/demo/pcl.yml', 'DATASETS.ROOT_DIR', data,
+          'MODEL.PRETRAIN_PATH', weights, 'MODEL.DEVICE', device, 'OUTPUT_DIR', out,
+          'SOLVER.MAX_EPOCHS', '2', 'SOLVER.ITERS', '10', 'SOLVER.EVAL_PERIOD', '2',
+          'SOLVER.CHECKPOINT_PERIOD', '2', 'TEST.EVAL_BEFORE_TRAIN', 'False',
+          'DATALOADER.NUM_WORKERS', '2'], 240)
+    log = open(os.path.join(out, 'train_log.txt')).read()
+    running = re.search(r'Running on (\S+) \((\d+) process', log)
+    mAP = re.findall(r'mAP\s+([\d.]+)%', log)
+    if not running or not mAP or (not args.dry_run and not running.group(1).startswith('cuda')):
+        raise StepFailed(f'the torchrun log does not show training and evaluation on {device}:\n'
+                         f'{log[-3000:]}')
+    backend = 'gloo' if args.dry_run else 'NCCL'
+    return [['torchrun, 1 process', f'PCL on demo data, {backend} on {running.group(1)}, 2 epochs',
+             f'mAP {mAP[-1]}% (tiny random CLIP)', '', '']]
+
+
+def step_eval(args):
+    scale, device = ('tiny', 'cpu') if args.dry_run else ('msmt17', 'cuda')
+    text = call([sys.executable, 'benchmarks/bench_eval.py', '--scale', scale, '--device', device,
+                 '--repeats', '1'], 300)
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if line.startswith('| ') and len(cells) == 6 and cells[0] not in ('size', '---'):
+            size, step, ours, floor, ratio, peak = cells
+            rows.append([step, size, f'{ratio} ({floor})', ours, peak])
+    if not rows:
+        raise StepFailed(f'bench_eval printed no table:\n{text[-3000:]}')
+    return rows
+
+
+STEPS = [('tests', step_tests), ('train', step_train), ('torchrun', step_torchrun), ('eval', step_eval)]
+
+
+def device_name(dry_run):
+    import torch
+    if dry_run:
+        return 'CPU (dry run: toy sizes, no GPU involved)'
+    return f'{torch.cuda.get_device_name()} (torch {torch.__version__}, CUDA {torch.version.cuda})'
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--dry-run', action='store_true', help='the same steps on the CPU at toy sizes')
+    parser.add_argument('--steps', default=','.join(name for name, _ in STEPS))
+    parser.add_argument('--work', default='',
+                        help='folder for generated data (default: a temporary one)')
+    parser.add_argument('--budget', type=float, default=480, help='seconds for all steps')
+    args = parser.parse_args()
+    DEADLINE[0] = time.monotonic() + args.budget
+    import torch
+    if not args.dry_run and not torch.cuda.is_available():
+        sys.exit('gpu_check: FAILED: no CUDA device (torch.cuda.is_available() is False). This check '
+                 'needs one GPU; use --dry-run to check the steps on the CPU.')
+    args.work = args.work or tempfile.mkdtemp(prefix='gpu_check_')
+    wanted = args.steps.split(',')
+    rows, start = [], time.perf_counter()
+    for name, step in STEPS:
+        if name not in wanted:
+            continue
+        t0 = time.perf_counter()
+        print(f'gpu_check: {name} ...', flush=True)
+        try:
+            rows += step(args)
+        except StepFailed as err:
+            print(f'gpu_check: FAILED at step {name}:\n{err}', file=sys.stderr)
+            sys.exit(1)
+        print(f'gpu_check: {name} done in {time.perf_counter() - t0:.0f} s', flush=True)
+    print(f'\nDevice: {device_name(args.dry_run)}; all steps in {time.perf_counter() - start:.0f} s\n')
+    print('| check | setting | result | time | peak memory |')
+    print('| --- | --- | --- | --- | --- |')
+    for row in rows:
+        print('| ' + ' | '.join(row) + ' |')
+
+
+if __name__ == '__main__':
+    main()
