@@ -36,6 +36,7 @@ ARCHS = {
     'RN50': dict(embed_dim=1024, vision_layers=(3, 4, 6, 3), vision_width=64,
                  vision_patch_size=None, grid_size=7, **_TEXT),
 }
+_IMAGES_PER_ID = 10  # training images per generated identity, at least (demo_data: 4 cameras x 3)
 CONFIGS = {'clipreid': ('person/vit_clipreid.yml', 'person/cnn_clipreid.yml'),
            'pcl': ('pcl/market1501.yml', 'pcl/market1501.yml')}
 
@@ -67,9 +68,13 @@ def pick_weights(args):
 
 
 def data_root(args):
-    """Generated Market1501-layout images: enough training identities for one PK batch."""
+    """Generated Market1501-layout images: enough for every measured batch in one pass over
+    the training set (steady state: no pass boundary, where the loader's pipeline refills,
+    inside the timed window), and at least one PK batch."""
     from datasets.demo_data import generate
-    ids = max(args.ids, 2 * -(-args.batch // 4))
+    batches = args.warmup + args.iters
+    train_ids = -(-batches * args.batch // _IMAGES_PER_ID)
+    ids = max(args.ids, 2 * train_ids, 2 * -(-args.batch // 4))
     root = os.path.join(args.data, f'market_{args.size[0]}x{args.size[1]}_{ids}')
     generate(root, ('market1501',), ids=ids, size=tuple(args.size))
     return root
@@ -89,6 +94,16 @@ def make_cfg(args, method, root, weights):
     return load_config(os.path.join(REPO, 'configs', CONFIGS[method][rn]), opts)
 
 
+def loader_rate(loader, args):
+    """samples/s of the training loader alone over the timed batches after the warm-up ones:
+    the most the trainer could reach with this data pipeline."""
+    from processor.engine import EpochBatches
+    stamps = [time.perf_counter()]
+    for _ in EpochBatches(loader, 1, limit=args.warmup + args.iters):
+        stamps.append(time.perf_counter())
+    return args.batch * args.iters / (stamps[-1] - stamps[args.warmup])
+
+
 def measure(args, method):
     """Run one method in this process; returns a dict of figures."""
     import torch
@@ -103,6 +118,7 @@ def measure(args, method):
     cfg = make_cfg(args, method, root, args.weights)
     runtime = setup_run(cfg, 'bench_log.txt')
     data, model = _build(cfg, runtime)
+    loader_samples_per_s = loader_rate(data.train_loader, args)
     cuda = runtime.device.type == 'cuda'
     stamps, n = [], args.warmup + args.iters
 
@@ -133,6 +149,7 @@ def measure(args, method):
     params = sum(p.numel() for p in model.parameters()) / 1e6
     return {'method': method, 'params_m': round(params, 1),
             'samples_per_s': round(args.batch * args.iters / seconds, 2),
+            'loader_samples_per_s': round(loader_samples_per_s, 2),
             'seconds_per_iter': round(seconds / args.iters, 4), 'peak_gib': round(peak, 3),
             'device': device_name(runtime.device), 'amp': str(runtime.amp_dtype),
             'threads': torch.get_num_threads()}
@@ -192,7 +209,8 @@ def run(argv=None):
             sys.exit(out.returncode)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f'  {method:9s} ({r["params_m"]:.1f}M parameters) {r["samples_per_s"]:9.1f} '
-              f'samples/s  {r["seconds_per_iter"]:.3f} s/iter  peak {r["peak_gib"]:.2f} GiB  '
+              f'samples/s (loader alone {r["loader_samples_per_s"]:.1f})  '
+              f'{r["seconds_per_iter"]:.3f} s/iter  peak {r["peak_gib"]:.2f} GiB  '
               f'on {r["device"]} (amp {r["amp"]}, {r["threads"]} threads)')
         if args.json:
             print(json.dumps(r))

@@ -3,17 +3,21 @@
 Steps, each with a time limit, stopping at the first failure with its output:
   1. the CUDA-only tests (pytest -k "cuda or gpu"; on a GPU none may be skipped)
   2. bench_train.py, ViT-B/16 at 256x128, batch 64: SOLVER.AMP bf16, then fp16 (GradScaler)
-  3. a one-GPU torchrun (NCCL) PCL training run with evaluation on generated demo data
-  4. bench_eval.py at MSMT17 size on CUDA: evaluation and re-ranking against their floors
+  3. a one-GPU torchrun (NCCL) PCL training run (bf16) with evaluation on generated demo data
+  4. its state resumed into fp16 + GradScaler, by one plain process and by torchrun
+  5. the same first iterations in fp32, bf16 and fp16: their losses compared
+  6. bench_eval.py at MSMT17 size on CUDA: evaluation and re-ranking against their floors
 Then one Markdown table, as in benchmarks/README.md, naming the device.
 
 --dry-run runs the same steps on the CPU at toy sizes (tiny CLIP, 64x32 images, a toy
 evaluation, torchrun with gloo): it checks the plumbing, not the GPU.
 """
 import argparse
+import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,39 +69,93 @@ def step_train(args):
         text = call([sys.executable, 'benchmarks/bench_train.py', *base, '--amp', amp], 240)
         for r in (json.loads(line) for line in text.splitlines() if line.startswith('{')):
             method = 'CLIP-ReID stage 2' if r['method'] == 'clipreid' else 'PCL'
-            if not args.dry_run and r['amp'] != f'torch.{"bfloat16" if amp == "bf16" else "float16"}':
+            if r['amp'] != f'torch.{"bfloat16" if amp == "bf16" else "float16"}':
                 raise StepFailed(f'bench_train ran with autocast {r["amp"]}, not {amp}')
-            setting = f'{base[1]} {base[3]}x{base[4]}, batch {base[6]}, ' + (
-                'SOLVER.AMP ignored on the CPU' if args.dry_run else label)
-            rows.append([f'training: {method}', setting, f'{r["samples_per_s"]:.1f} samples/s',
+            setting = f'{base[1]} {base[3]}x{base[4]}, batch {base[6]}, {label}'
+            rows.append([f'training: {method}', setting, f'{r["samples_per_s"]:.1f} samples/s '
+                         f'(loader alone {r["loader_samples_per_s"]:.0f})',
                          f'{r["seconds_per_iter"]:.3f} s/iteration', f'{r["peak_gib"]:.2f} GiB'])
     return rows
 
 
-def step_torchrun(args):
-    data, out = os.path.join(args.work, 'demo_data'), os.path.join(args.work, 'torchrun')
+def demo_run(args, out, *opts, torchrun=False):
+    """Train PCL on generated demo data into `out` (one process, or torchrun); its log."""
+    data = os.path.join(args.work, 'demo_data')
     weights = os.path.join(data, 'tiny_clip_vit.pt')
-    call([sys.executable, '-m', 'datasets.demo_data', '--root', data, '--layouts', 'market1501',
-          '--ids', '24'], 120)
     if not os.path.exists(weights):
+        call([sys.executable, '-m', 'datasets.demo_data', '--root', data, '--layouts',
+              'market1501', '--ids', '24'], 120)
         call([sys.executable, '-m', 'model.tiny_clip', '--out', weights, '--arch', 'vit',
               '--fmt', 'torchscript'], 120)
-    device = 'cpu' if args.dry_run else 'cuda'
-    call([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '1',
-          'train_pcl.py', '--config_file', 'configs/demo/pcl.yml', 'DATASETS.ROOT_DIR', data,
-          'MODEL.PRETRAIN_PATH', weights, 'MODEL.DEVICE', device, 'OUTPUT_DIR', out,
-          'SOLVER.MAX_EPOCHS', '2', 'SOLVER.ITERS', '10', 'SOLVER.EVAL_PERIOD', '2',
-          'SOLVER.CHECKPOINT_PERIOD', '2', 'TEST.EVAL_BEFORE_TRAIN', 'False',
-          'DATALOADER.NUM_WORKERS', '2'], 240)
-    log = open(os.path.join(out, 'train_log.txt')).read()
+    launcher = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '1'] * torchrun
+    call([sys.executable, *launcher, 'train_pcl.py', '--config_file', 'configs/demo/pcl.yml',
+          'DATASETS.ROOT_DIR', data, 'MODEL.PRETRAIN_PATH', weights,
+          'MODEL.DEVICE', 'cpu' if args.dry_run else 'cuda', 'OUTPUT_DIR', out,
+          'SOLVER.ITERS', '10', 'SOLVER.EVAL_PERIOD', '2', 'SOLVER.CHECKPOINT_PERIOD', '1',
+          'TEST.EVAL_BEFORE_TRAIN', 'False', 'DATALOADER.NUM_WORKERS', '2', *opts], 240)
+    return open(os.path.join(out, 'train_log.txt')).read()
+
+
+def step_torchrun(args):
+    out = os.path.join(args.work, 'torchrun')
+    log = demo_run(args, out, 'SOLVER.MAX_EPOCHS', '2', 'SOLVER.AMP', 'bf16', torchrun=True)
     running = re.search(r'Running on (\S+) \((\d+) process', log)
     mAP = re.findall(r'mAP\s+([\d.]+)%', log)
     if not running or not mAP or (not args.dry_run and not running.group(1).startswith('cuda')):
-        raise StepFailed(f'the torchrun log does not show training and evaluation on {device}:\n'
-                         f'{log[-3000:]}')
+        raise StepFailed(f'the torchrun log does not show training and evaluation on the '
+                         f'device:\n{log[-3000:]}')
     backend = 'gloo' if args.dry_run else 'NCCL'
-    return [['torchrun, 1 process', f'PCL on demo data, {backend} on {running.group(1)}, 2 epochs',
-             f'mAP {mAP[-1]}% (tiny random CLIP)', '', '']]
+    return [['torchrun, 1 process', f'PCL on demo data, {backend} on {running.group(1)}, '
+             '2 epochs, bf16', f'mAP {mAP[-1]}% (tiny random CLIP)', '', '']]
+
+
+def step_resume(args):
+    """The torchrun run's bf16 state (step torchrun) resumed into fp16 + GradScaler: by a plain
+    one-process run, and by torchrun on one GPU."""
+    saved = os.path.join(args.work, 'torchrun')
+    if not os.path.exists(os.path.join(saved, 'train_log.txt')):
+        demo_run(args, saved, 'SOLVER.MAX_EPOCHS', '2', 'SOLVER.AMP', 'bf16', torchrun=True)
+    rows = []
+    for name, torchrun in (('one process', False), ('torchrun, 1 process', True)):
+        out = os.path.join(args.work, f'resume_{"torchrun" if torchrun else "plain"}')
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(saved, out)
+        log = demo_run(args, out, '--resume', 'SOLVER.MAX_EPOCHS', '3', 'SOLVER.AMP', 'fp16',
+                       torchrun=torchrun)
+        resumed = 'resumed pcl after epoch 2' in log
+        epoch3 = re.search(r'pcl epoch\[3\].*', log)
+        mAP = re.findall(r'mAP\s+([\d.]+)%', log)
+        if not resumed or not epoch3 or not mAP:
+            raise StepFailed(f'resume ({name}) did not train epoch 3 after resuming:\n{log[-3000:]}')
+        rows.append([f'resume: {name}', 'torchrun bf16 state (epoch 2) -> fp16 + GradScaler',
+                     f'epoch 3 trained, mAP {mAP[-1]}%', '', ''])
+    return rows
+
+
+def step_precision(args):
+    """The same first iterations (same seed, weights and batches) in fp32, bf16 and fp16:
+    the losses must agree to within the precisions' rounding."""
+    losses = {}
+    for amp in ('off', 'bf16', 'fp16'):
+        out = os.path.join(args.work, f'precision_{amp}')
+        shutil.rmtree(out, ignore_errors=True)
+        demo_run(args, out, 'SOLVER.MAX_EPOCHS', '1', 'SOLVER.AMP', amp, 'SOLVER.LOG_PERIOD', '1',
+                 'SOLVER.EVAL_PERIOD', '1')
+        with open(os.path.join(out, 'metrics.csv')) as f:
+            losses[amp] = [float(r['value']) for r in csv.DictReader(f) if r['name'] == 'train/loss']
+    n = min(map(len, losses.values()))
+    if n == 0:
+        raise StepFailed('no train/loss values in metrics.csv')
+    rows = []
+    for amp in ('bf16', 'fp16'):
+        first = abs(losses[amp][0] - losses['off'][0]) / abs(losses['off'][0])
+        worst = max(abs(a - b) / abs(b) for a, b in zip(losses[amp][:n], losses['off'][:n]))
+        if first > 0.05:
+            raise StepFailed(f'{amp}: first-iteration loss {losses[amp][0]:.5f} vs fp32 '
+                             f'{losses["off"][0]:.5f} ({100 * first:.1f}% apart)')
+        rows.append([f'loss: {amp} vs fp32', f'PCL demo, first {n} iterations',
+                     f'iteration 1: {100 * first:.2g}% apart; at most {100 * worst:.2g}%', '', ''])
+    return rows
 
 
 def step_eval(args):
@@ -115,7 +173,8 @@ def step_eval(args):
     return rows
 
 
-STEPS = [('tests', step_tests), ('train', step_train), ('torchrun', step_torchrun), ('eval', step_eval)]
+STEPS = [('tests', step_tests), ('train', step_train), ('torchrun', step_torchrun),
+         ('resume', step_resume), ('precision', step_precision), ('eval', step_eval)]
 
 
 def device_name(dry_run):

@@ -71,7 +71,7 @@ def _leaf_keys(node, prefix=''):
 
 def _whole_suite(session):
     option = session.config.option
-    if option.keyword or option.markexpr or option.lf or session.testsfailed:
+    if option.keyword or option.markexpr or getattr(option, 'lf', False) or session.testsfailed:
         return False
     ran = {os.path.basename(str(item.path)) for item in session.items}
     return ran == {os.path.basename(p) for p in glob.glob(os.path.join(TESTS, 'test_*.py'))}

@@ -166,26 +166,6 @@ def test_reranking_sweep_table_equals_separate_runs():
     assert len(set(len(line) for line in lines)) == 1  # aligned columns
 
 
-def test_distributed_compute_gathers_in_rank_order(monkeypatch):
-    """Simulated rank 1 of 2: rank 0 holds the first half; the result equals one process."""
-    import utils.distributed as du
-    feats, pids, cams = features(2)
-    paths = [f'img{i}.jpg' for i in range(len(pids))]
-    single = run(R1_mAP_eval(20, max_rank=10), feats, pids, cams, paths)
-    half = len(pids) // 2
-    rank1 = R1_mAP_eval(20, max_rank=10)
-    rank1.update((feats[half:], torch.tensor(pids[half:]), torch.tensor(cams[half:]), paths[half:]))
-    rank0 = iter([feats[:half], torch.tensor(pids[:half]), torch.tensor(cams[:half])])  # gather order
-    monkeypatch.setattr(du, 'is_dist', lambda: True)
-    monkeypatch.setattr(du, 'is_main_process', lambda: False)
-    monkeypatch.setattr(du, 'all_gather_tensor', lambda t: torch.cat([next(rank0).to(t.dtype), t]))
-    monkeypatch.setattr(du, 'all_gather_object',
-                        lambda obj: [paths[:half] if isinstance(obj, list) else obj, obj])
-    result = rank1.compute()
-    assert result.mAP == single.mAP and np.array_equal(result.distmat, single.distmat)
-    assert result.q_paths == paths[:20] and result.g_paths == paths[20:]
-
-
 def test_make_evaluator_reads_the_config(tmp_path):
     feats, pids, cams = features(3)
     paths = [str(tmp_path / f'{i:04d}.jpg') for i in range(len(pids))]

@@ -94,7 +94,7 @@ class _Collect:
         self.feats.append(item[0])
 
     def compute(self):
-        return SimpleNamespace(summary=lambda: {})
+        return SimpleNamespace(summary=lambda: {}, extra={})
 
     def describe(self):
         return 'collected'

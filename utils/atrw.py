@@ -22,8 +22,8 @@ import torch
 
 from .errors import ReIDError
 from .pairs import KeyIndex, union
-from .protocols import Split, _result, on_device, scan, sweep_table
-from .ranking import RankCollector
+from . import distributed as du
+from .protocols import Split, _result, on_device, query_share, scan, sweep_table
 
 QUERY_KINDS = (('sing', 'single_cam'), ('multi', 'cross_cam'))
 ATRW_MODES = ('dedup', 'animal_code')
@@ -65,7 +65,8 @@ def _annotated(split, anno, annotation_path):
     return split, np.asarray(kind), np.asarray(ids), eid, cam, frame
 
 
-def evaluate_atrw(spec, test, annotation_path, max_rank=50, mode='dedup', num_query=None):
+def evaluate_atrw(spec, test, annotation_path, max_rank=50, mode='dedup', num_query=None,
+                  keep_distmat=True):
     """Score the test images by the official rules.
 
     mode 'dedup': every test image once (duplicates dropped); each one is a query against
@@ -98,9 +99,9 @@ def evaluate_atrw(spec, test, annotation_path, max_rank=50, mode='dedup', num_qu
         def excluded(s, e):
             own = torch.arange(e - s, device=q.feats.device)
             return union((own, own + s), junk(s, e), num_cols=len(g))
-        all_stats, distmat = scan(spec, q, None, excluded)
+        all_stats, distmat = scan(spec, q, None, excluded, keep_distmat)
     else:
-        all_stats, distmat, excluded = _scan_dropping_top(spec, q, g, junk)
+        all_stats, distmat, excluded = _scan_dropping_top(spec, q, g, junk, keep_distmat)
     results = [_scores(stats, kind, max_rank) for stats in all_stats]
     cmc, metrics = results[0]
     return _result('atrw', cmc, metrics['mmAP'], metrics, q, g, distmat, excluded,
@@ -124,7 +125,7 @@ def junk_pairs(q_keys, g_keys):
     return excluded
 
 
-def _scan_dropping_top(spec, q, g, junk):
+def _scan_dropping_top(spec, q, g, junk, keep_distmat):
     """scan() with the animal code's "skip the first answer" rule: each query also ignores
     its top-ranked gallery entry (the first one on ties) under each setting's distances.
     Returns (stats per setting, setting 0's distances, setting 0's excluded)."""
@@ -136,12 +137,14 @@ def _scan_dropping_top(spec, q, g, junk):
             return union((rows, top[setting, s:e]), junk(s, e), num_cols=len(g))
         return excluded
 
-    distmat = np.empty((len(q), len(g)), dtype=np.float32)
-    collectors = [RankCollector(q.pids, g.pids, excluded_under(i)) for i in range(len(top))]
-    for setting, start, end, dist in spec.chunks(q.feats, g.feats, distmat):
+    def note_top(setting, start, end, dist):
         top[setting, start:end] = dist.argmin(dim=1).to(top.device)
-        collectors[setting].add(start, end, dist)
-    return [c.stats() for c in collectors], distmat, excluded_under(0)
+
+    stats, distmat = scan(spec, q, g, [excluded_under(i) for i in range(len(top))],
+                          keep_distmat, observe=note_top)
+    first, last = query_share(len(q), spec.block)
+    top[:] = du.all_gather_tensor(top[:, first:last].T.contiguous()).T  # for excluded_mask
+    return stats, distmat, excluded_under(0)
 
 
 def _scores(stats, kind, max_rank):

@@ -2,6 +2,7 @@
 import atexit
 import os
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -67,6 +68,34 @@ def shard(items, rank, world_size, block=1):
     order concatenate to `items`."""
     blocks = -(-len(items) // block)
     return items[blocks * rank // world_size * block:blocks * (rank + 1) // world_size * block]
+
+
+GATHER_SLICE_BYTES = 1 << 28
+
+
+def gather_rows_to_main(local, num_rows):
+    """Rank 0: the [num_rows, ...] float32 numpy concatenation, in rank order, of every rank's
+    `local` rows (contiguous shares); other ranks: None. Sent in slices of GATHER_SLICE_BYTES
+    per rank, so no device holds more than one slice of each rank at a time."""
+    if not is_dist():
+        return local
+    sizes = all_gather_object(len(local))
+    main, world, dev = is_main_process(), get_world_size(), collective_device()
+    row_shape = tuple(local.shape[1:])
+    step = max(1, GATHER_SLICE_BYTES // (4 * max(1, int(np.prod(row_shape)))))
+    out = np.empty((num_rows,) + row_shape, dtype=np.float32) if main else None
+    offsets = np.cumsum([0] + sizes)
+    for s in range(0, max(sizes), step):
+        piece = torch.zeros((step,) + row_shape, device=dev)
+        part = torch.from_numpy(np.ascontiguousarray(local[s:s + step], dtype=np.float32))
+        piece[:len(part)] = part
+        received = [torch.empty_like(piece) for _ in range(world)] if main else None
+        dist.gather(piece, received, dst=0)
+        for rank, rows in enumerate(received or []):
+            n = min(step, sizes[rank] - s)
+            if n > 0:
+                out[offsets[rank] + s:offsets[rank] + s + n] = rows[:n].cpu().numpy()
+    return out
 
 
 def all_gather_equal(tensor):

@@ -56,7 +56,9 @@ class R1_mAP_eval:
 
     The first num_query items are the queries, the rest the gallery (VehicleID and ATRW:
     all test images as queries and an empty gallery). Under torch.distributed every rank
-    gathers all ranks' items in rank order and returns the same result. k1, k2 and
+    gathers all ranks' items in rank order, scores its own share of the queries and returns
+    the same result; only rank 0 holds result.distmat. keep_distmat=False (the scripts' choice)
+    keeps no distance matrix unless dist_mat_path or visualize needs it. k1, k2 and
     lambda_value may be lists: every combination is scored in one pass, the first is the
     result and result.extra['rerank_sweep'] lists them all.
     """
@@ -65,7 +67,7 @@ class R1_mAP_eval:
                  protocol='standard', distance='euclidean', k1=20, k2=6, lambda_value=0.3,
                  rerank_dist='euclidean', ap_mode='trapezoid', atrw_annotation='',
                  atrw_mode='dedup', vehicleid_trials=10, vehicleid_seed=0, dist_mat_path='',
-                 visualize=0, output_dir='', caption=''):
+                 visualize=0, output_dir='', caption='', keep_distmat=True):
         self.num_query, self.max_rank = num_query, max_rank
         self.feat_norm = _feat_norm(feat_norm)
         self.protocol = _choice('TEST.PROTOCOL', protocol, PROTOCOLS)
@@ -86,6 +88,8 @@ class R1_mAP_eval:
             raise ReIDError(f'TEST.VEHICLEID_TRIALS must be at least 1, got {vehicleid_trials}')
         self.dist_mat_path, self.visualize, self.output_dir = dist_mat_path, visualize, output_dir
         self.caption = caption  # dataset and checkpoint, for the CMC plot
+        # result.distmat: kept for library callers; the scripts keep it only when asked for
+        self.keep_distmat = bool(keep_distmat or dist_mat_path or visualize)
         self.reset()
 
     def describe(self):
@@ -132,17 +136,19 @@ class R1_mAP_eval:
             feats = F.normalize(feats, dim=1, p=2)
         q = Split(feats[:nq], pids[:nq], camids[:nq], paths[:nq] if paths else None)
         g = Split(feats[nq:], pids[nq:], camids[nq:], paths[nq:] if paths else None)
+        keep = self.keep_distmat
         if self.protocol == 'standard':
-            result = evaluate_standard(self.spec, q, g, self.max_rank)
+            result = evaluate_standard(self.spec, q, g, self.max_rank, keep)
         elif self.protocol == 'animal':
-            result = evaluate_animal(self.spec, q, g, self.max_rank, self.ap_mode)
+            result = evaluate_animal(self.spec, q, g, self.max_rank, self.ap_mode, keep)
         elif self.protocol == 'vehicleid':
             test = Split(feats, pids, camids, paths)
-            result = evaluate_vehicleid(self.spec, test, self.max_rank, self.trials, self.seed)
+            result = evaluate_vehicleid(self.spec, test, self.max_rank, self.trials, self.seed,
+                                        keep)
         else:
             test = Split(feats, pids, camids, paths)
             result = evaluate_atrw(self.spec, test, self.atrw_annotation, self.max_rank,
-                                   self.atrw_mode, nq)
+                                   self.atrw_mode, nq, keep)
         if du.is_main_process():
             self._save(result)
         return result
@@ -178,7 +184,7 @@ def make_evaluator(cfg, num_query, protocol):
         atrw_mode=t.ATRW_MODE,
         vehicleid_trials=t.VEHICLEID_TRIALS,
         dist_mat_path=os.path.join(cfg.OUTPUT_DIR, t.DIST_MAT) if t.DIST_MAT else '',
-        visualize=t.VISUALIZE, output_dir=cfg.OUTPUT_DIR, caption=_caption(cfg))
+        visualize=t.VISUALIZE, output_dir=cfg.OUTPUT_DIR, caption=_caption(cfg), keep_distmat=False)
 
 
 def _caption(cfg):

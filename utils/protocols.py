@@ -26,10 +26,11 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from .distance import distance_chunks
+from . import distributed as du
+from .distance import BLOCK, distance_chunks
 from .errors import ReIDError
 from .pairs import KeyIndex, pairs_to_mask
-from .ranking import RankCollector
+from .ranking import RankCollector, RankStats
 from .reranking import as_list, re_ranking_sweep
 
 PROTOCOLS = ('standard', 'vehicleid', 'animal', 'atrw')
@@ -58,6 +59,7 @@ class DistanceSpec:
     metric: str = 'euclidean'
     rerank: Optional[dict] = None  # k1, k2, lambda_value (each a number or a list), dist
     rows: Optional[int] = None  # query rows per chunk (None: automatic)
+    block: int = BLOCK  # query rows per distance matrix product
 
     def settings(self):
         """The re-ranking (k1, k2, lambda) of each setting, in chunks()' numbering; [None] without."""
@@ -66,13 +68,19 @@ class DistanceSpec:
         r = self.rerank
         return list(product(as_list(r['k1']), as_list(r['k2']), as_list(r['lambda_value'])))
 
-    def chunks(self, qf, gf, out=None):
-        """Yield (setting, start, end, distances); out: a [Q, G] array receiving setting 0's."""
+    def chunks(self, qf, gf, out=None, queries=None):
+        """Yield (setting, start, end, distances) of query rows start..end (queries: the
+        (first, end) rows to score, all by default); out: an array of those rows, receiving
+        setting 0's distances."""
+        first, last = queries or (0, len(qf))
         if self.rerank:
-            yield from re_ranking_sweep(qf, gf, rows=self.rows, out=out, **self.rerank)
+            yield from re_ranking_sweep(qf, gf, rows=self.rows, out=out, queries=(first, last),
+                                        **self.rerank)
             return
-        for start, end, dist in distance_chunks(qf, gf, self.metric, rows=self.rows, out=out):
-            yield 0, start, end, dist
+        gf = qf if gf is None else gf
+        for start, end, dist in distance_chunks(qf[first:last], gf, self.metric, rows=self.rows,
+                                                block=self.block, out=out):
+            yield 0, first + start, first + end, dist
 
 
 @dataclass
@@ -108,15 +116,41 @@ class EvalResult:
         return ignored[0].cpu().numpy()
 
 
-def scan(spec, q, g, excluded, keep_distmat=True):
+def scan(spec, q, g, excluded, keep_distmat=True, observe=None):
     """([RankStats of every query, per setting of spec], setting 0's distance matrix or None);
-    gallery g=None: the query set itself."""
+    gallery g=None: the query set itself. excluded: an excluded(start, end) function, or a
+    list of them, one per setting; observe(setting, start, end, dist) sees every chunk first.
+
+    Under torch.distributed every rank scores its own contiguous share of the queries, the
+    statistics are gathered in query order on every rank, and only rank 0 receives the
+    distance matrix (when keep_distmat)."""
     gal = q if g is None else g
-    distmat = np.empty((len(q), len(gal)), dtype=np.float32) if keep_distmat else None
-    collectors = [RankCollector(q.pids, gal.pids, excluded) for _ in spec.settings()]
-    for setting, start, end, dist in spec.chunks(q.feats, None if g is None else g.feats, distmat):
+    first, last = query_share(len(q), spec.block)
+    local = np.empty((last - first, len(gal)), dtype=np.float32) if keep_distmat else None
+    settings = len(spec.settings())
+    rules = excluded if isinstance(excluded, list) else [excluded] * settings
+    collectors = [RankCollector(q.pids, gal.pids, rule) for rule in rules]
+    for setting, start, end, dist in spec.chunks(q.feats, None if g is None else g.feats, local,
+                                                 queries=(first, last)):
+        if observe is not None:
+            observe(setting, start, end, dist)
         collectors[setting].add(start, end, dist)
-    return [c.stats() for c in collectors], distmat
+    stats = [c.stats() for c in collectors]
+    if du.is_dist():
+        shares = du.all_gather_object(stats)
+        stats = [RankStats.concat([share[i] for share in shares]) for i in range(settings)]
+        local = du.gather_rows_to_main(local, len(q)) if keep_distmat else None
+    return stats, local
+
+
+def query_share(num_query, block):
+    """(first, end): the queries this rank scores, a contiguous share in rank order (all of
+    them without torch.distributed), cut at multiples of `block` rows: every distance is then
+    computed in the same matrix product as in one process (bit-identical)."""
+    blocks = -(-num_query // block)
+    rank, world = du.get_rank(), du.get_world_size()
+    return (min(num_query, blocks * rank // world * block),
+            min(num_query, blocks * (rank + 1) // world * block))
 
 
 def on_device(split, *arrays):
@@ -179,9 +213,9 @@ def same_camera_pairs(q_pids, q_camids, g_pids, g_camids):
     return excluded
 
 
-def evaluate_standard(spec, q, g, max_rank=50):
+def evaluate_standard(spec, q, g, max_rank=50, keep_distmat=True):
     excluded = same_camera_pairs(*on_device(q, q.pids, q.camids, g.pids, g.camids))
-    all_stats, distmat = scan(spec, q, g, excluded)
+    all_stats, distmat = scan(spec, q, g, excluded, keep_distmat)
     results = [scores(stats, max_rank) for stats in all_stats]
     cmc, mAP = results[0]
     return _result('standard', cmc, mAP, rank_metrics(cmc, mAP), q, g, distmat, excluded,
@@ -196,7 +230,7 @@ def vehicleid_draw(pids, rng):
     return np.setdiff1d(np.arange(len(pids)), gallery), gallery
 
 
-def evaluate_vehicleid(spec, test, max_rank=50, trials=10, seed=0):
+def evaluate_vehicleid(spec, test, max_rank=50, trials=10, seed=0, keep_distmat=True):
     """Mean CMC / mAP over `trials` seeded draws of a one-image-per-identity gallery."""
     rng = np.random.default_rng(seed)
     per_setting = [([], []) for _ in spec.settings()]  # (cmcs, maps) of each setting
@@ -204,7 +238,7 @@ def evaluate_vehicleid(spec, test, max_rank=50, trials=10, seed=0):
     for t in range(trials):
         qi, gi = vehicleid_draw(test.pids, rng)
         q, g = test.take(qi), test.take(gi)
-        all_stats, distmat = scan(spec, q, g, None, keep_distmat=t == 0)
+        all_stats, distmat = scan(spec, q, g, None, keep_distmat=keep_distmat and t == 0)
         for (cmcs, maps), stats in zip(per_setting, all_stats):
             cmc, mAP = scores(stats, max_rank)
             cmcs.append(cmc)
@@ -221,7 +255,7 @@ def evaluate_vehicleid(spec, test, max_rank=50, trials=10, seed=0):
                    extra={'trial_mAP': per_setting[0][1], 'gallery_indices': draws})
 
 
-def evaluate_animal(spec, q, g, max_rank=50, ap_mode='trapezoid'):
+def evaluate_animal(spec, q, g, max_rank=50, ap_mode='trapezoid', keep_distmat=True):
     """Query images are part of the gallery: each query ignores exactly its own image."""
     dev = q.feats.device
     if len(g) == 0:  # the gallery is the query set: own image = same index
@@ -240,7 +274,7 @@ def evaluate_animal(spec, q, g, max_rank=50, ap_mode='trapezoid'):
         def excluded(s, e):
             return index.pairs(q_ids[s:e])
 
-    all_stats, distmat = scan(spec, q, g_side, excluded)
+    all_stats, distmat = scan(spec, q, g_side, excluded, keep_distmat)
     results = [scores(stats, max_rank, ap_mode) for stats in all_stats]
     cmc, mAP = results[0]
     name = f'mAP({ap_mode})'

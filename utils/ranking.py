@@ -214,6 +214,12 @@ class RankStats:
             collector.add(start, end, dist)
         return collector.stats()
 
+    @classmethod
+    def concat(cls, parts):
+        """The stats of consecutive query sets, in order."""
+        return cls(np.concatenate([p.num_pos for p in parts]),
+                   np.concatenate([p.ranks for p in parts]))
+
     def subset(self, index):
         """Stats of the queries at `index` (int array), in that order."""
         starts = np.cumsum(self.num_pos) - self.num_pos

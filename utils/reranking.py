@@ -249,34 +249,38 @@ class KReciprocal:
 
 
 def re_ranking_sweep(probFea, galFea, k1=20, k2=6, lambda_value=0.3, dist='euclidean',
-                     rows=None, block=None, out=None):
+                     rows=None, block=None, out=None, queries=None):
     """Yield (setting, start, end, [end-start, G] float32 tensor) of the re-ranked query x
     gallery distances, on the features' device, for every setting of (k1, k2, lambda) in
     itertools.product order of the lists (a number counts as a one-item list).
 
-    out: an optional [Q, G] float32 numpy array that also receives setting 0's distances
-    (with one setting on the CPU the work happens in it). Peak memory: one Q x G matrix
-    (two when sweeping with `out`) plus one chunk and the sparse encodings.
+    queries: the (first, end) query rows to yield (all by default; the neighbour pass always
+    covers every row). out: an optional float32 numpy array of those rows that also receives
+    setting 0's distances (with one setting, all rows, on the CPU the work happens in it).
+    Peak memory: one Q x G matrix (two when sweeping with `out`) plus one chunk and the
+    sparse encodings.
     """
     k1s, k2s, lambdas = as_list(k1), as_list(k2), as_list(lambda_value)
     stacked = StackedFeatures(probFea, galFea, dist, block)
     q, g = stacked.num_query, stacked.n - stacked.gal_start
+    first, last = queries or (0, q)
     single = len(k1s) * len(k2s) * len(lambdas) == 1
-    in_place = out is not None and single and stacked.device.type == 'cpu'
+    in_place = (out is not None and single and stacked.device.type == 'cpu'
+                and (first, last) == (0, q))
     stash = torch.from_numpy(out) if in_place else torch.empty(q, g, device=stacked.device)
     neighbours = NeighbourLists(stacked, max(k1s) + 1, stash)
     elements = _CHUNK_ELEMENTS.get(stacked.device.type, _CHUNK_ELEMENTS['cuda'])
     rows = rows or max(_MIN_ROWS, elements // max(g, 1))
     for (i1, a), (i2, b) in product(enumerate(k1s), enumerate(k2s)):
         kr = KReciprocal(k1=a, k2=b, neighbours=neighbours)
-        for start in range(0, q, rows):
-            end = min(start + rows, q)
+        for start in range(first, last, rows):
+            end = min(start + rows, last)
             for i3, chunk in enumerate(kr.final(start, end, lambdas)):
                 setting = (i1 * len(k2s) + i2) * len(lambdas) + i3
                 if in_place:
                     chunk = stash[start:end].copy_(chunk)
                 elif out is not None and setting == 0:
-                    out[start:end] = chunk.cpu().numpy()
+                    out[start - first:end - first] = chunk.cpu().numpy()
                 yield setting, start, end, chunk
 
 
