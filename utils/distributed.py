@@ -83,7 +83,7 @@ def gather_rows_to_main(local, num_rows):
     main, world, dev = is_main_process(), get_world_size(), collective_device()
     row_shape = tuple(local.shape[1:])
     step = max(1, GATHER_SLICE_BYTES // (4 * max(1, int(np.prod(row_shape)))))
-    out = np.empty((num_rows,) + row_shape, dtype=np.float32) if main else None
+    out = torch.empty((num_rows,) + row_shape).numpy() if main else None
     offsets = np.cumsum([0] + sizes)
     for s in range(0, max(sizes), step):
         piece = torch.zeros((step,) + row_shape, device=dev)

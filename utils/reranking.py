@@ -302,7 +302,7 @@ def re_ranking(probFea, galFea, k1=20, k2=6, lambda_value=0.3, dist='euclidean')
     """
     q = as_tensor(probFea).shape[0]
     g = q if galFea is None else as_tensor(galFea).shape[0]
-    out = np.empty((q, g), dtype=np.float32)
+    out = torch.empty(q, g).numpy()  # as utils.protocols.scan: no huge-page first-touch stall
     for _ in re_ranking_chunks(probFea, galFea, k1, k2, lambda_value, dist, out=out):
         pass
     return out
