@@ -4,9 +4,10 @@ Steps, each with a time limit, stopping at the first failure with its output:
   1. the CUDA-only tests (pytest -k "cuda or gpu"; on a GPU none may be skipped)
   2. bench_train.py, ViT-B/16 at 256x128, batch 64: SOLVER.AMP bf16, then fp16 (GradScaler)
   3. a one-GPU torchrun (NCCL) PCL training run (bf16) with evaluation on generated demo data
-  4. its state resumed into fp16 + GradScaler, by one plain process and by torchrun
-  5. the same first iterations in fp32, bf16 and fp16: their losses compared
-  6. bench_eval.py at MSMT17 size on CUDA: evaluation and re-ranking against their floors
+     (rank 0 gathers the distance matrix)
+  4. bench_eval.py at MSMT17 size on CUDA: evaluation and re-ranking against their floors
+  5. step 3's state resumed into fp16 + GradScaler, by one plain process and by torchrun
+  6. the same first iterations in fp32, bf16 and fp16: their losses compared
 Then one Markdown table, as in benchmarks/README.md, naming the device.
 
 --dry-run runs the same steps on the CPU at toy sizes (tiny CLIP, 64x32 images, a toy
@@ -18,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,18 +34,22 @@ class StepFailed(Exception):
 
 
 def call(cmd, limit, env=None):
-    """Run cmd in the repository; its stdout+stderr; StepFailed (with the tail) on error."""
+    """Run cmd in the repository; its stdout+stderr; StepFailed (with the tail) on error. On a
+    timeout the whole process group goes (torchrun's workers, benchmark children)."""
     limit = min(limit, DEADLINE[0] - time.monotonic())
     if limit <= 0:
         raise StepFailed(f'no time left for {" ".join(cmd)}')
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True,
+                            env={**os.environ, 'TQDM_DISABLE': '1', **(env or {})})
     try:
-        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=limit,
-                             env={**os.environ, 'TQDM_DISABLE': '1', **(env or {})})
-    except subprocess.TimeoutExpired as err:
-        raise StepFailed(f'{" ".join(cmd)} ran past {limit} s\n{(err.stdout or "")[-3000:]}') from None
-    text = out.stdout + out.stderr
-    if out.returncode:
-        raise StepFailed(f'{" ".join(cmd)} exited with {out.returncode}\n{text[-6000:]}')
+        text = proc.communicate(timeout=limit)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        text = proc.communicate()[0]
+        raise StepFailed(f'{" ".join(cmd)} ran past {limit:.0f} s\n{text[-6000:]}') from None
+    if proc.returncode:
+        raise StepFailed(f'{" ".join(cmd)} exited with {proc.returncode}\n{text[-6000:]}')
     return text
 
 
@@ -98,15 +104,21 @@ def demo_run(args, out, *opts, torchrun=False):
 
 def step_torchrun(args):
     out = os.path.join(args.work, 'torchrun')
-    log = demo_run(args, out, 'SOLVER.MAX_EPOCHS', '2', 'SOLVER.AMP', 'bf16', torchrun=True)
+    log = demo_run(args, out, 'SOLVER.MAX_EPOCHS', '2', 'SOLVER.AMP', 'bf16',
+                   'TEST.DIST_MAT', 'dist.npy', torchrun=True)  # rank 0 gathers the matrix
     running = re.search(r'Running on (\S+) \((\d+) process', log)
     mAP = re.findall(r'mAP\s+([\d.]+)%', log)
     if not running or not mAP or (not args.dry_run and not running.group(1).startswith('cuda')):
         raise StepFailed(f'the torchrun log does not show training and evaluation on the '
                          f'device:\n{log[-3000:]}')
+    import numpy as np
+    shape = np.load(os.path.join(out, 'dist.npy')).shape
+    if 0 in shape:
+        raise StepFailed(f'the gathered distance matrix is empty: {shape}')
     backend = 'gloo' if args.dry_run else 'NCCL'
     return [['torchrun, 1 process', f'PCL on demo data, {backend} on {running.group(1)}, '
-             '2 epochs, bf16', f'mAP {mAP[-1]}% (tiny random CLIP)', '', '']]
+             '2 epochs, bf16', f'mAP {mAP[-1]}% (tiny random CLIP); distance matrix '
+             f'{shape[0]} x {shape[1]} gathered', '', '']]
 
 
 def step_resume(args):
@@ -174,7 +186,7 @@ def step_eval(args):
 
 
 STEPS = [('tests', step_tests), ('train', step_train), ('torchrun', step_torchrun),
-         ('resume', step_resume), ('precision', step_precision), ('eval', step_eval)]
+         ('eval', step_eval), ('resume', step_resume), ('precision', step_precision)]
 
 
 def device_name(dry_run):

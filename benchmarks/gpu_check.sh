@@ -3,9 +3,9 @@
 #   - the CUDA-only tests
 #   - bench_train.py: ViT-B/16 at 256x128, batch 64, with bf16 and with fp16 + GradScaler
 #   - a one-GPU torchrun (NCCL) training run (bf16) with evaluation on generated demo data
-#   - its state resumed into fp16 + GradScaler, by one plain process and by torchrun
-#   - the same first iterations in fp32, bf16 and fp16: their losses compared
 #   - CUDA evaluation and re-ranking at MSMT17 size against their floors (bench_eval.py)
+#   - the torchrun run's state resumed into fp16 + GradScaler, by one process and by torchrun
+#   - the same first iterations in fp32, bf16 and fp16: their losses compared
 # and one Markdown table naming the device (paste it into benchmarks/README.md).
 #
 #   bash benchmarks/gpu_check.sh              # needs CUDA: fails at once without it

@@ -39,6 +39,7 @@ def _cases(tmp_path):
         'standard, re-ranking sweep': (dict(num_query=7, **sweep), *standard),
         'one query (an empty share)': (dict(num_query=1, reranking=True, k1=4, k2=2), *standard),
         'no distance matrix': (dict(num_query=7, keep_distmat=False), *standard),
+        'cosine distance': (dict(num_query=7, distance='cosine', feat_norm='no'), *standard),
         'vehicleid': (dict(num_query=37, protocol='vehicleid', vehicleid_trials=3), *standard),
         'animal': (dict(num_query=9, protocol='animal', **sweep),
                    *(np.concatenate([a[:9], a]) if isinstance(a, np.ndarray) else a[:9] + a

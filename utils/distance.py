@@ -43,28 +43,30 @@ def prepare(feats, metric):
     return F.normalize(feats, dim=1) if metric == 'cosine' else feats
 
 
-def distance_chunks(qf, gf, metric='euclidean', rows=None, block=BLOCK, out=None):
+def distance_chunks(qf, gf, metric='euclidean', rows=None, block=BLOCK, out=None, queries=None):
     """Yield (start, end, [end - start, G] float32 distances) over the queries.
 
     gf=None means the gallery is the query set itself. rows: rows per chunk (rounded up to
     a multiple of `block`); None picks a size holding about CHUNK_ELEMENTS distances.
-    out: an optional [Q, G] float32 numpy array that receives every chunk (on the CPU the
-    distances are computed in it).
+    queries: the (first, end) query rows to yield, first a multiple of `block` (all rows by
+    default). out: an optional float32 numpy array of those rows that receives every chunk
+    (on the CPU the distances are computed in it).
     """
-    qf = prepare(as_tensor(qf), metric)
+    qf = prepare(as_tensor(qf), metric)  # all rows: a row's bits do not depend on `queries`
     gf = qf if gf is None else prepare(as_tensor(gf).to(qf.device), metric)
+    first, last = queries or (0, qf.shape[0])
     g_sq = gf.pow(2).sum(1)
     target = torch.from_numpy(out) if out is not None and qf.device.type == 'cpu' else None
     rows = chunk_rows(gf.shape[0], block) if rows is None else -(-rows // block) * block
-    for start in range(0, qf.shape[0], rows):
-        end = min(start + rows, qf.shape[0])
-        chunk = target[start:end] if target is not None else torch.empty(
+    for start in range(first, last, rows):
+        end = min(start + rows, last)
+        chunk = target[start - first:end - first] if target is not None else torch.empty(
             end - start, gf.shape[0], device=qf.device)
         for b in range(start, end, block):
             rows_out = chunk[b - start:b - start + block]
             distance_block(qf[b:min(b + block, end)], gf, metric, g_sq, out=rows_out)
         if out is not None and target is None:
-            out[start:end] = chunk.cpu().numpy()
+            out[start - first:end - first] = chunk.cpu().numpy()
         yield start, end, chunk
 
 

@@ -113,7 +113,8 @@ class R1_mAP_eval:
             self.paths.extend(output[3])
 
     def _gathered(self):
-        feats = torch.cat(self.feats) if self.feats else torch.zeros(0, 0)
+        # a rank without test batches: an empty share on the others' device
+        feats = torch.cat(self.feats) if self.feats else torch.zeros(0, 0, device=du.collective_device())
         pids = torch.cat(self.pids) if self.pids else torch.zeros(0, dtype=torch.int64)
         camids = torch.cat(self.camids) if self.camids else torch.zeros(0, dtype=torch.int64)
         paths = list(self.paths)

@@ -72,15 +72,13 @@ class DistanceSpec:
         """Yield (setting, start, end, distances) of query rows start..end (queries: the
         (first, end) rows to score, all by default); out: an array of those rows, receiving
         setting 0's distances."""
-        first, last = queries or (0, len(qf))
         if self.rerank:
-            yield from re_ranking_sweep(qf, gf, rows=self.rows, out=out, queries=(first, last),
+            yield from re_ranking_sweep(qf, gf, rows=self.rows, out=out, queries=queries,
                                         **self.rerank)
             return
-        gf = qf if gf is None else gf
-        for start, end, dist in distance_chunks(qf[first:last], gf, self.metric, rows=self.rows,
-                                                block=self.block, out=out):
-            yield 0, first + start, first + end, dist
+        for start, end, dist in distance_chunks(qf, gf, self.metric, rows=self.rows,
+                                                block=self.block, out=out, queries=queries):
+            yield 0, start, end, dist
 
 
 @dataclass
