@@ -18,8 +18,9 @@ allocations; CUDA: torch.cuda.max_memory_allocated).
 - evaluation / re-ranking + evaluation: R1_mAP_eval.compute() (distances, k-reciprocal
   re-ranking, ranks, CMC/mAP, keeping the Q x G matrix), dim --dim, L2-normalised features.
 
-The upstream functions are read at run time from git mirrors of Syliz517/CLIP-ReID and
-Chloe-Yu/CLIP-ReID (--upstream, --animal); a missing mirror skips its comparison. Figures
+The upstream functions are read at run time from git clones of Syliz517/CLIP-ReID and
+Chloe-Yu/CLIP-ReID (--upstream, --animal, or the environment variables CLIP_REID_REPO and
+ANIMAL_CLIP_REID_REPO); without a clone its comparison is skipped. Figures
 depend on the machine being otherwise idle: torch's worker threads spin and wait on each
 other when another process holds a core, while upstream's numpy loops use one core anyway.
 The load average is printed with the table; on a shared machine compare with --threads 1
@@ -39,12 +40,13 @@ import numpy as np
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALES = {'market': (3368, 15913, 751), 'msmt17': (11659, 82161, 3060), 'tiny': (200, 1000, 50)}
 NAMES = {'market': 'Market1501', 'msmt17': 'MSMT17', 'tiny': 'toy'}
-MIRRORS = '/work/.mirror'
 GIB = 1 << 30
 
 
 def load_upstream(repo, path, name):
-    """A module holding `path` as committed at HEAD of the git mirror `repo`, or None."""
+    """A module holding `path` as committed at HEAD of the git clone `repo`, or None."""
+    if not repo:  # `git -C ''` would read this repository
+        return None
     try:
         source = subprocess.run(['git', '-C', repo, 'show', f'HEAD:{path}'], check=True,
                                 capture_output=True, text=True).stdout
@@ -211,7 +213,7 @@ def rows_for(args, scale):
     rows, wanted, threads = [], args.parts.split(','), None
     if scale == 'market' and 'upstream' in wanted:
         r = measure(args, 'eval_func', scale)
-        ref = f'upstream eval_func {secs(r["ref_s"])}' if 'ref_s' in r else 'no upstream mirror'
+        ref = f'upstream eval_func {secs(r["ref_s"])}' if 'ref_s' in r else 'no upstream clone (--upstream)'
         ratio = f'{r["ref_s"] / r["ours_s"]:.1f}x faster' if 'ref_s' in r else ''
         note = (f'; CMC {"identical" if r["same_cmc"] else "DIFFERENT"}, '
                 f'mAP differs by {r["map_diff"]:.1e}'
@@ -220,7 +222,7 @@ def rows_for(args, scale):
         r = measure(args, 'rerank_animal', scale)
         q, g = SCALES['market'][0] // 2, SCALES['market'][1] // 2
         ref = (f'animal numpy re_ranking {secs(r["ref_s"])} (largest difference {r["max_diff"]:.1e})'
-               if 'ref_s' in r else 'no animal mirror')
+               if 'ref_s' in r else 'no animal-code clone (--animal)')
         ratio = f'{r["ref_s"] / r["ours_s"]:.1f}x faster' if 'ref_s' in r else ''
         rows.append([f'half Market {q:,} x {g:,}, dim 256', 're-ranking', secs(r['ours_s']),
                      ref, ratio, ''])
@@ -249,8 +251,10 @@ def parse_args(argv=None):
                              'size only), eval, rerank (each against its floor)')
     parser.add_argument('--threads', type=int, default=0,
                         help='torch threads in every measurement (0: torch\'s default, all cores)')
-    parser.add_argument('--upstream', default=os.path.join(MIRRORS, 'Syliz517+CLIP-ReID/repo'))
-    parser.add_argument('--animal', default=os.path.join(MIRRORS, 'Chloe-Yu+CLIP-ReID/repo'))
+    parser.add_argument('--upstream', default=os.environ.get('CLIP_REID_REPO', ''),
+                        help='a git clone of Syliz517/CLIP-ReID (its eval_func)')
+    parser.add_argument('--animal', default=os.environ.get('ANIMAL_CLIP_REID_REPO', ''),
+                        help='a git clone of Chloe-Yu/CLIP-ReID (its numpy re_ranking)')
     parser.add_argument('--child', choices=sorted(STEPS), help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
