@@ -5,6 +5,8 @@ made of does what the papers and the upstream code say: PCL's memory update and 
 CLIP-ReID's two SupCon directions in stage 1, stage 2's text features and image-to-text
 term, the baseline's triplet term. The references are written here from the formulas.
 """
+from operator import attrgetter
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -175,19 +177,26 @@ def test_stage2_text_features_come_from_the_current_prompts(tmp_path_factory):
     assert not torch.allclose(trainer.text_feats, untrained, atol=1e-2)
 
 
-def test_stage2_image_to_text_term_reaches_the_gradient(tmp_path_factory):
+def _step_per_weight(tmp_path_factory, config, key, weights, cls, solver, param):
+    """One train step on the first batch with `key` set to each weight: ({weight: (loss,
+    gradient of param(trainer), loss parts)}, the last trainer, its batch)."""
     results = {}
-    for weight in (0.0, 1.0):
-        cfg, runtime, data, model = _setup(tmp_path_factory, 'person/vit_clipreid.yml',
-                                           'MODEL.I2T_LOSS_WEIGHT', weight)
-        loss_fn = make_loss(cfg, data.num_classes)
-        trainer = _trainer(ImageTrainer, cfg, cfg.SOLVER.STAGE2, runtime, data, model,
-                           loss_fn=loss_fn)
+    for weight in weights:
+        cfg, runtime, data, model = _setup(tmp_path_factory, config, key, weight)
+        trainer = _trainer(cls, cfg, solver(cfg), runtime, data, model,
+                           loss_fn=make_loss(cfg, data.num_classes))
         trainer.prepare_epoch(1)
         batch = _first_batch(trainer)
         loss, parts = trainer.train_step(batch)
-        proj = trainer.net.image_encoder.proj
-        results[weight] = (loss, torch.autograd.grad(loss, proj)[0], parts)
+        results[weight] = (loss, torch.autograd.grad(loss, param(trainer))[0], parts)
+    return results, trainer, batch
+
+
+def test_stage2_image_to_text_term_reaches_the_gradient(tmp_path_factory):
+    results, trainer, batch = _step_per_weight(
+        tmp_path_factory, 'person/vit_clipreid.yml', 'MODEL.I2T_LOSS_WEIGHT', (0.0, 1.0),
+        ImageTrainer, attrgetter('SOLVER.STAGE2'), attrgetter('net.image_encoder.proj'))
+    proj = trainer.net.image_encoder.proj
     out = trainer.model(batch[0], label=batch[1])
     i2t = _smoothed_ce(out['image_proj'] @ trainer.text_feats.t(), batch[1])
     assert (results[1.0][0] - results[0.0][0]).item() == pytest.approx(i2t.item(), rel=1e-4)
@@ -207,17 +216,13 @@ def _batch_hard_triplet(feats, labels, margin=0.3):
 
 
 def test_baseline_triplet_term_sums_three_features_and_reaches_the_gradient(tmp_path_factory):
-    results = {}
-    for weight in (0.0, 2.0):
-        cfg, runtime, data, model = _setup(tmp_path_factory, 'person/vit_base.yml',
-                                           'MODEL.TRIPLET_LOSS_WEIGHT', weight)
-        loss_fn = make_loss(cfg, data.num_classes)
-        trainer = _trainer(BaselineTrainer, cfg, cfg.SOLVER, runtime, data, model,
-                           loss_fn=loss_fn)
-        batch = _first_batch(trainer)
-        loss, _ = trainer.train_step(batch)
-        conv = trainer.net.image_encoder.transformer.resblocks[0].mlp.c_fc.weight
-        results[weight] = (loss, torch.autograd.grad(loss, conv)[0])
+    def first_fc(trainer):
+        return trainer.net.image_encoder.transformer.resblocks[0].mlp.c_fc.weight
+
+    results, trainer, batch = _step_per_weight(
+        tmp_path_factory, 'person/vit_base.yml', 'MODEL.TRIPLET_LOSS_WEIGHT', (0.0, 2.0),
+        BaselineTrainer, attrgetter('SOLVER'), first_fc)
+    conv = first_fc(trainer)
     feats = trainer.net.image_features(batch[0])  # (intermediate, final, projected)
     triplet = sum(_batch_hard_triplet(f, batch[1]) for f in feats)
     assert (results[2.0][0] - results[0.0][0]).item() == pytest.approx(2 * triplet.item(),
