@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from .cluster_memory import ClusterMemory
+from .precision import float32
 
 
 class CameraProxyMemory(ClusterMemory):
@@ -36,6 +37,7 @@ class CameraProxyMemory(ClusterMemory):
         offline, online = self.losses(feats, targets)
         return offline + online
 
+    @float32
     def losses(self, feats, targets):
         scores = F.normalize(feats.float(), dim=1) @ self.features.t()
         logits = scores / self.temp

@@ -10,8 +10,8 @@ import torch
 
 from _model_fixtures import build, images, tiny_clip_files  # noqa: F401 (fixture)
 from config import load_config
-from loss import (CenterLoss, ClusterMemory, CrossEntropyLabelSmooth, SupConLoss, TripletLoss,
-                  image_to_text_logits)
+from loss import (CameraProxyMemory, CenterLoss, ClusterMemory, CrossEntropyLabelSmooth,
+                  SupConLoss, TripletLoss, image_to_text_logits)
 from processor.engine import Trainer
 from processor.inference import do_inference
 from utils.runtime import _amp_dtype
@@ -28,6 +28,13 @@ def _memory():
     return memory
 
 
+def _proxies():
+    memory = CameraProxyMemory(16, [0, 0, 1, 1, 2, 3, 3, 3], [0, 1, 0, 1, 0, 0, 1, 2],
+                               negatives=3, positives=2)
+    memory.build(torch.randn(8, 16, generator=torch.Generator().manual_seed(3)))
+    return memory
+
+
 def _center():
     torch.manual_seed(2)
     return CenterLoss(4, 16)
@@ -38,6 +45,7 @@ LOSSES = {
     'soft_triplet': lambda a, b: TripletLoss(None)(a, LABELS)[0],
     'supcon': lambda a, b: SupConLoss()(a, b, LABELS, LABELS),
     'memory': lambda a, b: _memory()(a, LABELS),
+    'camera_proxy': lambda a, b: _proxies()(a, LABELS * 2),
     'i2t_logits': image_to_text_logits,
     'id_smooth': lambda a, b: CrossEntropyLabelSmooth(4)(a[:, :4], LABELS),
     'center': lambda a, b: _center()(a, LABELS),
