@@ -49,12 +49,16 @@ class PCLTrainer(Trainer):
         net.train()
         return feats, pids
 
-    def make_memory(self, feats, labels, num_classes):
-        """A ClusterMemory holding the centroid of each label (labels -1 are left out)."""
+    def make_memory(self, feats, labels, num_classes, memory_type=None):
+        """A memory holding the centroid of each label (labels -1 are left out):
+        memory_type(feature dim), a ClusterMemory of num_classes rows by default."""
         centroids = compute_centroids(F.normalize(feats, dim=1), labels, num_classes)
-        if du.is_dist():  # index_add_ may sum in any order on a GPU: take rank 0's sums
-            torch.distributed.broadcast(centroids, 0)
-        memory = ClusterMemory(centroids.shape[1], num_classes, **self.memory_args)
+        # index_add_ may sum in any order on a GPU: every rank takes rank 0's sums
+        centroids = du.broadcast_from_main(centroids)
+        if memory_type is None:
+            memory = ClusterMemory(centroids.shape[1], num_classes, **self.memory_args)
+        else:
+            memory = memory_type(centroids.shape[1])
         memory.to(self.device).build(centroids)
         return memory
 

@@ -1,6 +1,7 @@
 """Unsupervised PCL-CLIP: PCL's prototypical contrastive fine-tuning on pseudo-identities
 found by clustering the unlabelled training set (ClusterContrast's loop; CAP/O2CAP's
 camera-aware proxies with CLUSTER.LOSS 'camera_proxy')."""
+import functools
 import time
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 
 from datasets.make_dataloader import make_train_loader, train_batch
 from datasets.samplers import PKSampler
-from loss import CameraProxyMemory, compute_centroids
+from loss import CameraProxyMemory
 from utils import distributed as du
 from utils.clustering import camera_proxies, cluster_features, clustering_summary
 from utils.errors import ReIDError
@@ -47,16 +48,14 @@ class UnsupervisedPCLTrainer(PCLTrainer):
         self.check_targets(targets, epoch)
         num = int(targets.max()) + 1
         labels = torch.as_tensor(targets, device=self.device)
+        proxy_memory = None
         if self.proxies:
             c = self.cfg.CLUSTER
-            centroids = compute_centroids(F.normalize(feats, dim=1), labels, num)
-            self.memory = CameraProxyMemory(
-                centroids.shape[1], proxy_cluster, proxy_camera, **self.memory_args,
-                negatives=c.PROXY_NEGATIVES, positives=c.PROXY_POSITIVES,
-                balance=c.PROXY_BALANCE).to(self.device)
-            self.memory.build(centroids)
-        else:
-            self.memory = self.make_memory(feats, labels, num)
+            proxy_memory = functools.partial(
+                CameraProxyMemory, proxy_cluster=proxy_cluster, proxy_camera=proxy_camera,
+                **self.memory_args, negatives=c.PROXY_NEGATIVES, positives=c.PROXY_POSITIVES,
+                balance=c.PROXY_BALANCE)
+        self.memory = self.make_memory(feats, labels, num, proxy_memory)
         if self.loader is None:
             self.loader = self.pseudo_loader(targets)
 

@@ -83,3 +83,23 @@ def test_update_moves_the_target_proxy_only():
                                               math.sin(math.radians(20))]), dim=0)
     assert torch.allclose(mem.features[1], expected, atol=1e-6)
     assert {k for k in mem.state_dict()} == {'features', 'proxy_cluster', 'camera_mask'}
+
+
+@pytest.mark.parametrize('proxies', [False, True])
+def test_every_rank_builds_its_memory_from_rank_0s_centroids(monkeypatch, proxies):
+    """On a GPU, index_add_ may sum the centroids in another order on each rank: the memory,
+    cluster or camera-proxy, is built from rank 0's broadcast centroids."""
+    import functools
+    from types import SimpleNamespace
+
+    from processor.pcl import PCLTrainer
+    from utils import distributed as du
+    rank0 = torch.nn.functional.normalize(torch.randn(4, 2, generator=torch.Generator().manual_seed(0)))
+    monkeypatch.setattr(du, 'broadcast_from_main', lambda centroids: rank0.clone())
+    trainer = SimpleNamespace(memory_args=dict(temp=0.05, momentum=0.2, mode='hard'), device='cpu')
+    memory_type = functools.partial(CameraProxyMemory, proxy_cluster=[0, 0, 1, 1],
+                                    proxy_camera=[0, 1, 0, 1]) if proxies else None
+    memory = PCLTrainer.make_memory(trainer, torch.randn(8, 2), torch.tensor([0, 1, 2, 3] * 2), 4,
+                                    memory_type)
+    assert isinstance(memory, CameraProxyMemory) == proxies
+    assert torch.allclose(memory.features, rank0, atol=1e-6)  # not the local centroids
