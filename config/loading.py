@@ -19,6 +19,10 @@ INERT_UPSTREAM_KEYS = frozenset(
     ['MODEL.DROP_PATH', 'MODEL.DROP_OUT', 'MODEL.ATT_DROP_RATE', 'MODEL.TRANSFORMER_TYPE',
      'MODEL.COS_LAYER', 'DATASETS.ATTR_PATH', 'DATASETS.ATTR_NUM', 'TEST.EVAL',
      'SOLVER.STAGE1.WARMUP_METHOD']  # stage 1's cosine schedule has no warmup method
+    # each upstream stage also carries the other schedule's keys, which it never reads
+    + ['SOLVER.STAGE1.' + key for key in ('WARMUP_FACTOR', 'WARMUP_ITERS', 'EVAL_PERIOD')]
+    + [stage + key for stage in ('SOLVER.', 'SOLVER.STAGE2.')
+       for key in ('WARMUP_EPOCHS', 'WARMUP_LR_INIT', 'LR_MIN')]
     + [stage + key for stage in _STAGES for key in (
         'COSINE_MARGIN', 'COSINE_SCALE', 'CLUSTER_MARGIN', 'RANGE_K', 'RANGE_MARGIN',
         'RANGE_ALPHA', 'RANGE_BETA', 'RANGE_LOSS_WEIGHT')])

@@ -90,6 +90,16 @@ def test_inert_upstream_keys_load_with_a_warning(tmp_path, caplog):
     assert {'MODEL.DROP_PATH', 'TEST.EVAL', 'SOLVER.STAGE2.COSINE_SCALE'} <= INERT_UPSTREAM_KEYS
 
 
+def test_keys_upstream_defines_but_never_reads_load_with_a_warning(caplog):
+    # upstream's trees give both stages (and PCL-CLIP's flat SOLVER) both schedules' keys
+    unread = ['SOLVER.STAGE1.WARMUP_FACTOR', 'SOLVER.STAGE1.WARMUP_ITERS',
+              'SOLVER.STAGE1.EVAL_PERIOD', 'SOLVER.STAGE2.WARMUP_EPOCHS',
+              'SOLVER.STAGE2.WARMUP_LR_INIT', 'SOLVER.STAGE2.LR_MIN', 'SOLVER.WARMUP_EPOCHS',
+              'SOLVER.WARMUP_LR_INIT', 'SOLVER.LR_MIN']
+    load_config('', [item for key in unread for item in (key, '1')])
+    assert all(f'{key} has no effect' in caplog.text for key in unread)
+
+
 def test_inert_key_with_a_value_that_would_matter_is_refused(tmp_path):
     with pytest.raises(ReIDError, match='COS_LAYER'):
         load_config(write(tmp_path, 'MODEL:\n  COS_LAYER: True\n'))
