@@ -9,11 +9,8 @@ reference implementations hold several dense N x N float32 matrices (4.0 GiB eac
 MSMT17's 32,621 training images).
 """
 import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import DBSCAN
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from .distance import as_tensor
 from .reranking import KReciprocal
@@ -46,6 +43,8 @@ def jaccard_neighbours(features, k1=30, k2=6, eps=0.6, rows=None):
             cols, vals = (np.resize(x, max(b, 2 * len(x))) for x in (cols, vals))
         cols[a:b] = torch.nonzero(near)[:, 1].cpu().numpy()  # row-major, columns ascending
         vals[a:b] = dist[near].cpu().numpy()
+    import scipy.sparse as sp  # here and below: scipy and scikit-learn load only when clustering
+
     nnz = indptr[-1]
     return sp.csr_matrix((vals[:nnz].copy(), cols[:nnz].copy(), indptr), shape=(n, n))
 
@@ -53,6 +52,8 @@ def jaccard_neighbours(features, k1=30, k2=6, eps=0.6, rows=None):
 def dbscan_labels(neighbours, eps, min_samples):
     """DBSCAN labels (int64, -1 = outlier) from precomputed distances: a sparse matrix of the
     neighbourhoods (stored entries are the candidate neighbours) or a dense array."""
+    from sklearn.cluster import DBSCAN
+
     return DBSCAN(eps=eps, min_samples=min_samples, metric='precomputed').fit_predict(
         neighbours).astype(np.int64)
 
@@ -96,6 +97,8 @@ def clustering_summary(labels, true_labels=None):
     out = {'images': len(labels), 'clusters': int(labels.max()) + 1 if kept.any() else 0,
            'outliers': int((~kept).sum()), 'sizes': size_histogram(labels)}
     if true_labels is not None and len(np.unique(true_labels)) > 1 and kept.any():
+        from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
         truth = np.asarray(true_labels)[kept]
         out['nmi'] = float(normalized_mutual_info_score(truth, labels[kept]))
         out['ari'] = float(adjusted_rand_score(truth, labels[kept]))
