@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from utils.distance import distance_block, prepare
+from utils.distance import distance_chunks
 from utils.errors import ReIDError
 
 
@@ -57,12 +57,12 @@ def search(query, gallery, metric='euclidean', topk=10, exclude=None):
     """(indices [Q, k], distances [Q, k]) of the k nearest gallery features of each query by
     TEST.DISTANCE `metric` ('euclidean' is squared, as in evaluation). exclude: [Q, G] bool
     of entries to skip (e.g. the query image itself); they rank last, at distance inf."""
-    q = prepare(torch.as_tensor(np.asarray(query), dtype=torch.float32), metric)
-    g = prepare(torch.as_tensor(np.asarray(gallery), dtype=torch.float32), metric)
+    q = torch.as_tensor(np.asarray(query), dtype=torch.float32)
+    g = torch.as_tensor(np.asarray(gallery), dtype=torch.float32)
     if q.shape[1] != g.shape[1]:
         raise ReIDError(f'query features have {q.shape[1]} dimensions, the gallery\'s '
                         f'{g.shape[1]}: they come from different models')
-    dist = distance_block(q, g, metric)
+    dist = torch.cat([chunk for _, _, chunk in distance_chunks(q, g, metric)])  # as evaluation
     if exclude is not None:
         dist[torch.as_tensor(exclude)] = float('inf')
     order = torch.argsort(dist, dim=1, stable=True)[:, :topk]  # ties as in evaluation

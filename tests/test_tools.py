@@ -231,3 +231,19 @@ def test_exported_onnx_gives_the_extractor_features(tmp_path_factory, tmp_path, 
     batch = torch.stack([extractor.transform(Image.open(p).convert('RGB')) for p in paths[:5]])
     assert np.abs(onnx_run(tmp_path / 'm.onnx', batch) - expected[:5].numpy()).max() <= 1e-4
     assert np.abs(onnx_run(tmp_path / 'm.onnx', batch[:1]) - expected[:1].numpy()).max() <= 1e-4
+
+
+@pytest.mark.parametrize('metric', ['euclidean', 'cosine'])
+def test_search_distances_are_the_evaluation_distances(metric):
+    """More queries than one distance block: still the very bits evaluation ranks by."""
+    from processor.gallery import search
+    from utils.metrics import R1_mAP_eval
+    gen = torch.Generator().manual_seed(0)
+    query, gallery = torch.randn(1100, 8, generator=gen), torch.randn(30, 8, generator=gen)
+    evaluator = R1_mAP_eval(len(query), feat_norm='no', distance=metric)
+    evaluator.update((torch.cat([query, gallery]), torch.zeros(1130, dtype=torch.long),
+                      torch.tensor([0] * 1100 + [1] * 30)))
+    distmat = evaluator.compute().distmat
+    order, dist = search(query.numpy(), gallery.numpy(), metric, topk=30)
+    np.testing.assert_array_equal(dist, np.take_along_axis(distmat, order, axis=1))
+    np.testing.assert_array_equal(order, np.argsort(distmat, axis=1, kind='stable'))

@@ -67,8 +67,8 @@ def main():
     queries = read_queries(args.query)
     gallery = make_gallery(args.gallery, extractor, logger)
     q_feats = extractor(queries.paths, queries.camids, queries.viewids).numpy()
-    same = np.array([[os.path.realpath(q) == os.path.realpath(g) for g in gallery.paths]
-                     for q in queries.paths])
+    gallery_files = np.array([os.path.realpath(g) for g in gallery.paths])
+    same = np.array([gallery_files == os.path.realpath(q) for q in queries.paths])
     order, dist = search(q_feats, gallery.features, extractor.cfg.TEST.DISTANCE, args.topk, same)
     ranked = [[(r, d, j) for r, (j, d) in enumerate(zip(order[q], dist[q]), 1) if np.isfinite(d)]
               for q in range(len(queries))]
