@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from model.checkpoint import mismatch_report
 from utils import distributed as du
-from utils.checkpoint import atomic_save, rng_state, save_weights, set_rng_state, state_path, unwrap
+from utils.checkpoint import (atomic_save, model_file_name, rng_state, save_weights,
+                              set_rng_state, state_path, unwrap)
 from utils.errors import ReIDError
 from utils.logger import get_logger
 from utils.meter import StepMeters, format_means
@@ -219,7 +220,7 @@ class Trainer:
 
     # ----- checkpoints -------------------------------------------------------------------
     def last_state_file(self):
-        path = state_path(self.cfg.OUTPUT_DIR, self.cfg.MODEL.NAME.replace('/', '-'), self.stage)
+        path = state_path(self.cfg.OUTPUT_DIR, model_file_name(self.cfg), self.stage)
         return path if os.path.exists(path) else None
 
     def save_checkpoint(self, epoch):
@@ -230,7 +231,7 @@ class Trainer:
                             f'are not finite; not saved, training stopped ({self.kept_message()})')
         if not du.is_main_process():
             return
-        name = self.cfg.MODEL.NAME.replace('/', '-')
+        name = model_file_name(self.cfg)
         weights = os.path.join(self.cfg.OUTPUT_DIR,
                                self.weights_pattern.format(name=name, epoch=epoch))
         save_weights(self.model, weights)

@@ -246,3 +246,14 @@ def test_resume_flag_after_the_overrides_continues_the_run(run, tiny_run, tmp_pa
     rows = read_metrics(out / 'metrics.csv')
     keys = [(r['stage'], r['iteration'], r['name']) for r in rows]
     assert len(keys) == len(set(keys)) and max(r['epoch'] for r in rows) == 3
+
+
+def test_an_empty_test_weight_names_the_runs_newest_checkpoint(tmp_path):
+    from utils.run_folder import missing_weight_message
+    out = tmp_path / 'run[1]'  # glob characters in the folder name
+    cfg = load_config('', ['OUTPUT_DIR', str(out), 'MODEL.NAME', 'ViT-B/16'])
+    assert missing_weight_message(cfg).endswith(f'TEST.WEIGHT {out}/ViT-B-16_60.pth')
+    out.mkdir()
+    for name in ('ViT-B-16_9.pth', 'ViT-B-16_10.pth', 'ViT-B-16_stage1_120.pth', 'other_99.pth'):
+        (out / name).touch()
+    assert missing_weight_message(cfg).endswith(f'TEST.WEIGHT {out}/ViT-B-16_10.pth')

@@ -62,6 +62,16 @@ def state_path(output_dir, name, stage):
     return os.path.join(output_dir, f'{name}_{stage}{STATE_SUFFIX}')
 
 
+def model_file_name(cfg):
+    """MODEL.NAME as checkpoint files spell it ('ViT-B/16' -> 'ViT-B-16')."""
+    return cfg.MODEL.NAME.replace('/', '-')
+
+
+def state_files(folder):
+    """The training states (*_state.pth) in folder."""
+    return glob.glob(os.path.join(glob.escape(folder), '*' + STATE_SUFFIX))
+
+
 def find_resume_file(cfg, resume_flag):
     """SOLVER.RESUME names a file; --resume or SOLVER.RESUME 'auto' takes the newest state."""
     choice = cfg.SOLVER.RESUME or ('auto' if resume_flag else '')
@@ -71,7 +81,7 @@ def find_resume_file(cfg, resume_flag):
         if not os.path.isfile(choice):
             raise ReIDError(f'SOLVER.RESUME: no training-state file at {choice}')
         return choice
-    found = glob.glob(os.path.join(cfg.OUTPUT_DIR, '*' + STATE_SUFFIX))
+    found = state_files(cfg.OUTPUT_DIR)
     if not found:
         raise ReIDError(f'--resume: no *{STATE_SUFFIX} training state in {cfg.OUTPUT_DIR}')
     return max(found, key=os.path.getmtime)

@@ -5,21 +5,17 @@ import os
 import re
 
 from utils import distributed as du
-from utils.checkpoint import STATE_SUFFIX
+from utils.checkpoint import STATE_SUFFIX, model_file_name, state_files
 from utils.errors import ReIDError
 
 CONFIG_FILE = 'config.yaml'
-
-
-def model_file_name(cfg):
-    return cfg.MODEL.NAME.replace('/', '-')
 
 
 def earlier_run_files(cfg):
     """Files of an earlier run that a fresh one would overwrite: training states and this
     MODEL.NAME's checkpoints."""
     folder, name = cfg.OUTPUT_DIR, glob.escape(model_file_name(cfg))
-    found = set(glob.glob(os.path.join(glob.escape(folder), '*' + STATE_SUFFIX)))
+    found = set(state_files(folder))
     found |= set(glob.glob(os.path.join(glob.escape(folder), f'{name}_*.pth')))
     return sorted(found)
 
@@ -53,9 +49,9 @@ def save_run_config(cfg):
     return path
 
 
-def newest_checkpoint(folder, name=''):
+def newest_checkpoint(folder, name):
     """The weights file <name>_<epoch>.pth with the highest epoch in folder ('' if none)."""
-    pattern = re.compile(re.escape(name) + r'_(\d+)\.pth$' if name else r'.+_(\d+)\.pth$')
+    pattern = re.compile(re.escape(name) + r'_(\d+)\.pth$')
     found = [(int(m.group(1)), f) for f in os.listdir(folder)
              if (m := pattern.match(f))] if os.path.isdir(folder) else []
     return os.path.join(folder, max(found)[1]) if found else ''
