@@ -5,6 +5,7 @@ import zipfile
 import torch
 
 from utils.errors import ReIDError
+from utils.run_folder import missing_weight_message
 
 from .clip_weights import check_clip_state_dict, read_clip_file
 
@@ -181,3 +182,19 @@ def checkpoint_identities(state_dict):
         if key in state_dict:
             return state_dict[key].shape[0]
     return 1
+
+
+def read_trained(cfg, weight=''):
+    """(cfg with TEST.WEIGHT and MODEL.METHOD filled in, the checkpoint's state_dict) of the
+    trained weights to test or use: `weight`, else TEST.WEIGHT; with neither, one error that
+    names the run's newest checkpoint."""
+    weight = str(weight or cfg.TEST.WEIGHT)
+    if not weight:
+        raise ReIDError(missing_weight_message(cfg))
+    state_dict = read_state_dict(weight)
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.TEST.WEIGHT = weight
+    cfg.MODEL.METHOD = cfg.MODEL.METHOD or infer_method(state_dict)
+    cfg.freeze()
+    return cfg, state_dict

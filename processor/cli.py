@@ -1,13 +1,12 @@
 """The bodies of the entry scripts: parse, configure, build, run."""
 from config import parse_args
 from datasets import make_dataloader
-from model import infer_method, make_model
-from model.checkpoint import checkpoint_identities, load_into, read_state_dict
+from model import make_model
+from model.checkpoint import checkpoint_identities, load_into, read_trained
 from utils.checkpoint import find_resume_file, load_training_state
-from utils.errors import ReIDError
 from utils.logger import get_logger
 from utils.metrics import make_evaluator
-from utils.run_folder import missing_weight_message, refuse_earlier_run, save_run_config
+from utils.run_folder import refuse_earlier_run, save_run_config
 from utils.runtime import config_for, setup_run
 
 from .inference import do_inference
@@ -37,13 +36,9 @@ def train_main(method, description):
 
 def test_main(description, rerank=False):
     args = parse_args(description)
-    cfg = config_for('', args)
-    if not cfg.TEST.WEIGHT:
-        raise ReIDError(missing_weight_message(cfg))
+    cfg, state_dict = read_trained(config_for('', args))
     runtime = setup_run(cfg, 'test_rerank_log.txt' if rerank else 'test_log.txt')
-    state_dict = read_state_dict(cfg.TEST.WEIGHT)
     cfg.defrost()
-    cfg.MODEL.METHOD = cfg.MODEL.METHOD or infer_method(state_dict)
     cfg.TEST.RE_RANKING = cfg.TEST.RE_RANKING or rerank
     cfg.freeze()
     # The checkpoint's identity count: evaluation needs no training split (custom lists).
