@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from datasets import build_transforms
 from utils.errors import ReIDError
 
 INPUT_NAME, OUTPUT_NAME = 'images', 'features'
@@ -39,7 +40,7 @@ def preprocessing(cfg):
     return {'input_size': 'x'.join(map(str, cfg.INPUT.SIZE_TEST)),
             'pixel_mean': ','.join(map(str, cfg.INPUT.PIXEL_MEAN)),
             'pixel_std': ','.join(map(str, cfg.INPUT.PIXEL_STD)),
-            'resize': 'bicubic' if cfg.MODEL.METHOD == 'pcl' else 'bilinear'}
+            'resize': build_transforms(cfg, is_train=False).transforms[0].interpolation.value}
 
 
 def export_onnx(extractor, path, opset=17):

@@ -27,10 +27,10 @@ from torchvision.transforms.functional import to_pil_image
 from config import load_config
 from datasets import build_transforms, init_dataset, read_image
 from datasets.make_dataloader import dataset_kwargs, num_workers
-from model import infer_method, make_model
-from model.checkpoint import checkpoint_identities, load_into, read_state_dict
+from model import make_model
+from model.checkpoint import checkpoint_identities, load_into, read_trained
 from utils.errors import ReIDError
-from utils.run_folder import missing_weight_message
+from utils.metrics import wants_feat_norm
 from utils.runtime import wants_cuda
 
 logger = logging.getLogger('reid')
@@ -82,16 +82,8 @@ class FeatureExtractor:
     MODEL.DEVICE (the CPU when no GPU is present)."""
 
     def __init__(self, config_file, weight=None, opts=(), device=None):
-        cfg = load_config(config_file, list(opts))
-        weight = weight or cfg.TEST.WEIGHT
-        if not weight:
-            raise ReIDError(missing_weight_message(cfg))
-        state_dict = read_state_dict(weight)
-        cfg.defrost()
-        cfg.TEST.WEIGHT = str(weight)
-        cfg.MODEL.METHOD = cfg.MODEL.METHOD or infer_method(state_dict)
-        cfg.freeze()
-        self.cfg, self.weight = cfg, str(weight)
+        cfg, state_dict = read_trained(load_config(config_file, list(opts)), weight)
+        self.cfg, self.weight = cfg, cfg.TEST.WEIGHT
         if device is None:
             device = 'cuda' if wants_cuda(cfg) and torch.cuda.is_available() else 'cpu'
         self.device = torch.device(device)
@@ -99,7 +91,7 @@ class FeatureExtractor:
         self.sie_sizes = {'SIE_CAMERA': cameras, 'SIE_VIEW': views}
         model = make_model(cfg, checkpoint_identities(state_dict), cameras, views,
                            object_word='object')  # the prompt is not used for image features
-        load_into(model, state_dict, weight)
+        load_into(model, state_dict, self.weight)
         self.model = model.to(self.device).eval()
         self.transform = build_transforms(cfg, is_train=False)
         self.uses_sie = bool(cfg.MODEL.SIE_CAMERA or cfg.MODEL.SIE_VIEW)
@@ -118,7 +110,7 @@ class FeatureExtractor:
     @property
     def normalises(self):
         """TEST.FEAT_NORM: the test scripts L2-normalise features before distances."""
-        return str(self.cfg.TEST.FEAT_NORM).lower() in ('yes', 'true')
+        return wants_feat_norm(self.cfg.TEST.FEAT_NORM)
 
     @property
     def feature_dim(self):

@@ -231,6 +231,18 @@ def test_exported_onnx_gives_the_extractor_features(tmp_path_factory, tmp_path, 
     batch = torch.stack([extractor.transform(Image.open(p).convert('RGB')) for p in paths[:5]])
     assert np.abs(onnx_run(tmp_path / 'm.onnx', batch) - expected[:5].numpy()).max() <= 1e-4
     assert np.abs(onnx_run(tmp_path / 'm.onnx', batch[:1]) - expected[:1].numpy()).max() <= 1e-4
+    import onnx
+    meta = {p.key: p.value for p in onnx.load(tmp_path / 'm.onnx').metadata_props}
+    t = extractor.cfg.INPUT
+    assert meta == {'input_size': 'x'.join(map(str, t.SIZE_TEST)), 'resize': 'bilinear',
+                    'pixel_mean': ','.join(map(str, t.PIXEL_MEAN)), 'weight': 'model.pth',
+                    'pixel_std': ','.join(map(str, t.PIXEL_STD)), 'method': 'clipreid'}
+
+
+def test_export_names_pcl_s_bicubic_resize():
+    from processor.export import preprocessing
+    cfg = load_config(config_path('pcl/market1501.yml'), ['MODEL.METHOD', 'pcl'])
+    assert preprocessing(cfg)['resize'] == 'bicubic'
 
 
 @pytest.mark.parametrize('metric', ['euclidean', 'cosine'])

@@ -19,7 +19,8 @@ import torch  # noqa: E402
 
 from config import make_parser, parse_args  # noqa: E402
 from processor import FeatureExtractor  # noqa: E402
-from processor.export import export_onnx, onnx_features, preprocessing  # noqa: E402
+from processor.export import (ExportedFeatures, export_onnx, onnx_features,  # noqa: E402
+                              preprocessing)
 from utils.errors import ReIDError, cli_main  # noqa: E402
 from utils.logger import setup_logger  # noqa: E402
 
@@ -42,9 +43,7 @@ def main():
     batch = torch.rand(4, 3, *extractor.cfg.INPUT.SIZE_TEST, generator=torch.Generator()
                        .manual_seed(0)) * 4 - 2
     with torch.no_grad():
-        reference = extractor.model(batch).float()
-    if extractor.normalises:
-        reference = torch.nn.functional.normalize(reference, dim=1)
+        reference = ExportedFeatures(extractor.model, extractor.normalises)(batch)
     difference = abs(onnx_features(path, batch) - reference.numpy()).max()
     if difference > TOLERANCE:
         raise ReIDError(f'{path}: onnxruntime features differ from PyTorch by {difference:.2e} '

@@ -45,7 +45,8 @@ def _choice(key, value, choices):
     return value
 
 
-def _feat_norm(value):
+def wants_feat_norm(value):
+    """TEST.FEAT_NORM as a bool: True / False, or 'yes' / 'no' (any case)."""
     if isinstance(value, bool):
         return value
     return _choice('TEST.FEAT_NORM', str(value).lower(), ('yes', 'no')) == 'yes'
@@ -69,7 +70,7 @@ class R1_mAP_eval:
                  atrw_mode='dedup', vehicleid_trials=10, vehicleid_seed=0, dist_mat_path='',
                  visualize=0, output_dir='', caption='', keep_distmat=True):
         self.num_query, self.max_rank = num_query, max_rank
-        self.feat_norm = _feat_norm(feat_norm)
+        self.feat_norm = wants_feat_norm(feat_norm)
         self.protocol = _choice('TEST.PROTOCOL', protocol, PROTOCOLS)
         self.spec = DistanceSpec(_choice('TEST.DISTANCE', distance, METRICS))
         if reranking:
