@@ -13,6 +13,7 @@ from processor.pcl_unsup import check_cluster_config
 from utils.clustering import (camera_proxies, cluster_features, clustering_summary,
                               jaccard_neighbours, size_histogram)
 from utils.errors import ReIDError
+from _rerank_reference import reference_re_ranking
 from utils.reranking import re_ranking
 
 
@@ -103,3 +104,14 @@ def test_cluster_values_that_cannot_work_are_refused(key, value, message):
     with pytest.raises(ReIDError, match=message.replace('(', r'\(').replace(')', r'\)')):
         check_cluster_config(cfg.CLUSTER)
     check_cluster_config(load_config('').CLUSTER)  # the defaults pass
+
+
+@pytest.mark.parametrize('k1,k2', [(3, 6), (2, 12)])
+def test_jaccard_with_k2_beyond_k1_matches_reference(k1, k2):
+    feats, _ = features(n=60)
+    unit = F.normalize(feats, dim=1).numpy()
+    dense = np.clip(reference_re_ranking(unit, None, k1, k2, 0.0), 0, None)
+    sparse = jaccard_neighbours(feats, k1, k2, 0.6)
+    rows, cols = np.nonzero(dense <= 0.6)
+    assert sparse.nnz == len(rows)
+    assert np.abs(sparse[rows, cols].A1 - dense[rows, cols]).max() < 1e-3

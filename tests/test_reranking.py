@@ -3,55 +3,12 @@ import numpy as np
 import pytest
 import torch
 
+from _rerank_reference import reference_re_ranking
 from utils.metrics import eval_func
 from utils.neighbours import NeighbourLists, StackedFeatures
 from utils.reranking import KReciprocal, re_ranking, re_ranking_chunks, re_ranking_sweep
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
-
-
-def reference_re_ranking(q, g, k1, k2, lam, transform='euclidean'):
-    """Dense k-reciprocal re-ranking as TransReID / CLIP-ReID compute it (the test oracle).
-
-    Squared euclidean over the stacked features, divided by the column maximum and
-    transposed; V, its query expansion and the Jaccard accumulator in float16.
-    g=None: the gallery is the query set (stacked set = queries only).
-    """
-    feats = q if g is None else np.concatenate([q, g])
-    num_q, n = len(q), len(feats)
-    if transform == 'euclidean':
-        sq = (feats ** 2).sum(1)
-        dist = (sq[:, None] + sq[None, :] - 2 * feats @ feats.T).astype(np.float32)
-    else:  # cosine_sq: the animal code turns cosine similarity s into (2 - 2s)^2
-        unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
-        dist = np.power(2 - 2 * unit @ unit.T, 2).astype(np.float32)
-    dist = np.transpose(dist / np.max(dist, axis=0))
-    V = np.zeros_like(dist).astype(np.float16)
-    rank = np.argsort(dist, kind='stable')
-    half = int(np.around(k1 / 2)) + 1
-    for i in range(n):
-        fwd = rank[i, :k1 + 1]
-        recip = fwd[np.where(rank[fwd, :k1 + 1] == i)[0]]
-        expansion = recip
-        for cand in recip:
-            c_fwd = rank[cand, :half]
-            c_recip = c_fwd[np.where(rank[c_fwd, :half] == cand)[0]]
-            if len(np.intersect1d(c_recip, recip)) > 2 / 3 * len(c_recip):
-                expansion = np.append(expansion, c_recip)
-        expansion = np.unique(expansion)
-        weight = np.exp(-dist[i, expansion])
-        V[i, expansion] = weight / np.sum(weight)
-    if k2 != 1:
-        V = np.stack([np.mean(V[rank[i, :k2], :], axis=0) for i in range(n)]).astype(np.float16)
-    jaccard = np.zeros((num_q, n), dtype=np.float16)
-    for i in range(num_q):
-        acc = np.zeros(n, dtype=np.float16)
-        for k in np.where(V[i] != 0)[0]:
-            rows = np.where(V[:, k] != 0)[0]
-            acc[rows] = acc[rows] + np.minimum(V[i, k], V[rows, k])
-        jaccard[i] = 1 - acc / (2 - acc)
-    final = jaccard * (1 - lam) + dist[:num_q] * lam
-    return final[:, 0 if g is None else num_q:]
 
 
 def clustered(rng, n_ids, per_id, dim, spread=0.6):
@@ -259,9 +216,33 @@ def test_query_expansion_sums_in_float32_in_neighbour_order():
     # halfway between two float16 numbers: it rounds to the even one, 0.2505. The exact mean
     # is a little larger and would round up to 0.2507.
     kr = object.__new__(KReciprocal)
-    kr.n, kr.k2, kr.rank = 4, 4, torch.tensor([[0, 1, 2, 3]] * 4)
+    kr.n, kr.k2, kr.expansion_sources = 4, 4, torch.tensor([[0, 1, 2, 3]] * 4)
     column = np.array([1.0, 2.0 ** -24, 2.0 ** -24, 2.5 * 2.0 ** -10], np.float16)
     kr._query_expansion(torch.arange(4), torch.zeros(4, dtype=torch.int64),
                         torch.from_numpy(column.astype(np.float32)))
     assert kr.val.tolist() == [float(np.float16(0.2505))] * 4
     assert kr.val[0] == float(np.mean(column[:, None], axis=0)[0])
+
+
+@pytest.mark.parametrize('k1,k2', [(4, 6), (1, 1), (1, 5), (2, 9), (3, 20), (7, 8), (20, 6), (5, 40)])
+def test_any_k1_k2_matches_reference(split, k1, k2):
+    # k2 > k1 + 1: query expansion reads further down the ranking than the reciprocal sets
+    qf, gf = split[0][:40], split[1][:80]
+    ours = re_ranking(qf, gf, k1, k2, 0.3)
+    assert np.abs(ours - reference_re_ranking(qf, gf, k1, k2, 0.3)).max() < 1e-3
+
+
+@pytest.mark.parametrize('k1,k2', [(30, 6), (30, 25), (8, 40)])
+def test_k_beyond_the_set_matches_reference(k1, k2):
+    rng = np.random.default_rng(7)
+    feats, _ = clustered(rng, 4, 4, 8)  # 6 queries, 10 gallery images: k1 >= G, k2 > Q + G
+    ours = re_ranking(feats[:6], feats[6:], k1, k2, 0.3)
+    assert np.abs(ours - reference_re_ranking(feats[:6], feats[6:], k1, k2, 0.3)).max() < 1e-3
+
+
+def test_sweep_with_k2_beyond_small_k1(split):
+    qf, gf = torch.from_numpy(split[0][:40]), torch.from_numpy(split[1][:80])
+    swept = {s: c for s, _, _, c in re_ranking_sweep(qf, gf, [3, 20], 6, 0.3, rows=64)}
+    for setting, k1 in enumerate([3, 20]):
+        ref = reference_re_ranking(qf.numpy(), gf.numpy(), k1, 6, 0.3)
+        assert np.abs(swept[setting].numpy() - ref).max() < 1e-3, k1

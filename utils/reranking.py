@@ -7,7 +7,7 @@ their half-size sets, Gaussian-kernel encodings V kept in float16, query expansi
 the k2 nearest, and final = (1 - lambda) * Jaccard + lambda * normalised distance.
 
 Upstream holds several dense (Q+G)^2 matrices (~35 GB each for MSMT17). Here one pass
-over half of the symmetric distance matrix (utils.neighbours) keeps the top-(k1+1)
+over half of the symmetric distance matrix (utils.neighbours) keeps the top-max(k1+1, k2)
 neighbour lists, the row maxima and the query x gallery distances; V is sparse (a few
 hundred non-zeros per row). The float16 steps of upstream (V, its query expansion, the
 Jaccard accumulator and the Jaccard distance) are reproduced operation by operation, in
@@ -15,7 +15,7 @@ upstream's order, so results match it to float32 rounding of the initial distanc
 not depend on chunking or device.
 
 Parameter sweeps: k1, k2 and lambda may be lists. The neighbour pass runs once, for the
-largest k1 (a smaller k1's lists are its prefix); each (k1, k2) is encoded once and every
+largest list any setting needs (a smaller setting's lists are its prefix); each (k1, k2) is encoded once and every
 lambda reuses its Jaccard distances.
 """
 from itertools import product
@@ -51,6 +51,12 @@ def _row_sums(rows, values, n):
     return total
 
 
+def list_length(k1, k2):
+    """Neighbours a row's list must hold: k1 + 1 for the k-reciprocal sets, k2 for query
+    expansion (upstream reads both from one full ranking, so k2 may exceed k1 + 1)."""
+    return max(k1 + 1, k2)
+
+
 def as_list(value):
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
@@ -72,9 +78,9 @@ class KReciprocal:
             stacked = StackedFeatures(probFea, galFea, dist, block)
             stash = None if lambda_value == 0 else torch.empty(
                 stacked.num_query, stacked.n - stacked.gal_start, device=stacked.device)
-            neighbours = NeighbourLists(stacked, k1 + 1, stash)
-        if neighbours.k < min(k1 + 1, neighbours.stacked.n):
-            raise ValueError(f'neighbour lists of {neighbours.k} are too short for k1={k1}')
+            neighbours = NeighbourLists(stacked, list_length(k1, k2), stash)
+        if neighbours.k < min(list_length(k1, k2), neighbours.stacked.n):
+            raise ValueError(f'neighbour lists of {neighbours.k} are too short for k1={k1}, k2={k2}')
         self.neighbours, self.lam = neighbours, lambda_value
         self.stacked = stacked = neighbours.stacked
         self.n = stacked.n
@@ -84,6 +90,7 @@ class KReciprocal:
         self.k2 = min(k2, self.n)
         self.rank = neighbours.index[:, :self.kf]
         self.dist = neighbours.distances[:, :self.kf]
+        self.expansion_sources = neighbours.index[:, :self.k2]  # query expansion's rows
         rows, cols, vals = self._encode()
         self._query_expansion(rows, cols, vals)
         self._index_gallery()
@@ -142,33 +149,40 @@ class KReciprocal:
     def _query_expansion(self, rows, cols, vals):
         """V[i] <- mean of V over i's k2 nearest rows, as numpy's float16 mean: float32 sums
         in neighbour order, divided by k2, rounded to float16."""
-        crow = torch.zeros(self.n + 1, dtype=torch.int64, device=rows.device)
-        crow[1:] = torch.bincount(rows, minlength=self.n).cumsum(0)
-        if self.k2 == 1:
+        n, k2, dev = self.n, self.k2, rows.device
+        crow = torch.zeros(n + 1, dtype=torch.int64, device=dev)
+        crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)  # CSR: row r is crow[r]:crow[r+1]
+        if k2 == 1:
             self.crow, self.col, self.val = crow, cols.int(), vals
             return
-        out_counts = torch.zeros(self.n, dtype=torch.int64, device=rows.device)
+        out_counts = torch.zeros(n, dtype=torch.int64, device=dev)
         out_cols, out_vals = [], []
-        step = max(1, _QE_ENTRIES // max(1, self.k2 * int(crow[-1]) // max(1, self.n)))
-        for s in range(0, self.n, step):
-            e = min(s + step, self.n)
-            src = self.rank[s:e, :self.k2].reshape(-1)
-            idx, owner = expand(crow[src], crow[src + 1] - crow[src])
-            ukey, inv = torch.unique((owner // self.k2) * self.n + cols[idx], return_inverse=True)
-            by_t = torch.sort(owner % self.k2, stable=True)
-            bounds = [0] + torch.bincount(by_t.values, minlength=self.k2).cumsum(0).tolist()
-            total = torch.zeros(ukey.numel(), device=rows.device)
-            for a, b in zip(bounds[:-1], bounds[1:]):  # t-th neighbours: unique keys, one add each
-                take = by_t.indices[a:b]
-                total.index_add_(0, inv[take], vals[idx[take]])
-            mean = (total / self.k2).half().float()
+        mean_row_nnz = max(1, int(crow[-1]) // max(1, n))
+        step = max(1, _QE_ENTRIES // max(1, k2 * mean_row_nnz))
+        for first in range(0, n, step):
+            last = min(first + step, n)
+            # sources: row-major [last-first, k2], so source s expands row first + s // k2
+            # and is that row's (s % k2)-th nearest
+            sources = self.expansion_sources[first:last].reshape(-1)
+            entry, source = expand(crow[sources], crow[sources + 1] - crow[sources])
+            target = source // k2  # the expanded row, relative to `first`
+            key, slot = torch.unique(target * n + cols[entry], return_inverse=True)
+            by_nth = torch.sort(source % k2, stable=True)
+            bounds = [0] + torch.bincount(by_nth.values, minlength=k2).cumsum(0).tolist()
+            total = torch.zeros(key.numel(), device=dev)
+            # the nth nearest of every row in turn: within one nth, each (row, column) key
+            # occurs at most once, so the float32 sums are added in neighbour order
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                take = by_nth.indices[a:b]
+                total.index_add_(0, slot[take], vals[entry[take]])
+            mean = (total / k2).half().float()
             keep = mean != 0
-            ukey = ukey[keep]
-            out_counts[s:e] = torch.bincount(ukey // self.n, minlength=e - s)
-            out_cols.append((ukey % self.n).int())
+            key = key[keep]
+            out_counts[first:last] = torch.bincount(key // n, minlength=last - first)
+            out_cols.append((key % n).int())
             out_vals.append(mean[keep])
         self.col, self.val = torch.cat(out_cols), torch.cat(out_vals)
-        self.crow = torch.zeros(self.n + 1, dtype=torch.int64, device=rows.device)
+        self.crow = torch.zeros(n + 1, dtype=torch.int64, device=dev)
         self.crow[1:] = out_counts.cumsum(0)
 
     def _index_gallery(self):
@@ -268,7 +282,7 @@ def re_ranking_sweep(probFea, galFea, k1=20, k2=6, lambda_value=0.3, dist='eucli
     in_place = (out is not None and single and stacked.device.type == 'cpu'
                 and (first, last) == (0, q))
     stash = torch.from_numpy(out) if in_place else torch.empty(q, g, device=stacked.device)
-    neighbours = NeighbourLists(stacked, max(k1s) + 1, stash)
+    neighbours = NeighbourLists(stacked, list_length(max(k1s), max(k2s)), stash)
     elements = _CHUNK_ELEMENTS.get(stacked.device.type, _CHUNK_ELEMENTS['cuda'])
     rows = rows or max(_MIN_ROWS, elements // max(g, 1))
     for (i1, a), (i2, b) in product(enumerate(k1s), enumerate(k2s)):
