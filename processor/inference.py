@@ -63,6 +63,9 @@ def do_inference(cfg, model, val_loader, evaluator, runtime):
     logger.info('Validation results (%s):', evaluator.describe())
     for name, value in result.summary().items():
         logger.info('%-24s %.1f%%', name, 100 * value)
+    if result.skipped_queries:
+        logger.info('%d of %d queries have no valid match in the gallery: left out of the '
+                    'figures above', result.skipped_queries, len(result.q_pids))
     if 'rerank_sweep' in result.extra:
         logger.info('Re-ranking sweep (the first row is the result above):')
         for line in format_sweep(result.extra['rerank_sweep']):

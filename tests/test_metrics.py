@@ -203,3 +203,79 @@ def test_atrw_without_annotation_fails_before_extraction():
     cfg = load_config('', ['TEST.PROTOCOL', 'atrw'])
     with pytest.raises(ReIDError, match='ATRW_ANNOTATION'):
         make_evaluator(cfg, 10, 'standard')
+
+
+def test_a_nan_distance_never_ranks_first():
+    # query 0's only match has distance NaN (sign bit set, as inf - inf gives on x86); the
+    # wrong gallery image is at 0.5: Rank-1 is 0, as numpy's sort (NaN last) gives
+    inf = torch.tensor([float('inf')])
+    distmat = torch.tensor([[0.5, 0.0]])
+    distmat[0, 1] = (inf - inf)[0]
+    cmc, mAP = eval_func(distmat, np.array([1]), np.array([0, 1]), np.array([0]), np.array([1, 1]))
+    assert cmc.tolist() == [0.0, 1.0] and mAP == pytest.approx(0.5)
+    ref_cmc, ref_map = upstream_eval(distmat.numpy(), np.array([1]), np.array([0, 1]),
+                                     np.array([0]), np.array([1, 1]))
+    assert np.array_equal(cmc, ref_cmc) and mAP == pytest.approx(ref_map)
+
+
+def test_tiny_gallery_clips_the_cmc_and_counts_skipped_queries():
+    feats, pids, cams = features(5)
+    # 8 queries, a gallery of 5: the CMC stops at rank 5, as eval_func's does
+    keep = np.r_[0:8, 20:25]
+    result = run(R1_mAP_eval(8, max_rank=50), feats[keep], pids[keep], cams[keep])
+    q, g = keep[:8], keep[8:]
+    cmc, mAP = eval_func(result.distmat, pids[q], pids[g], cams[q], cams[g])
+    assert len(result.cmc) == len(cmc) == 5 and np.array_equal(result.cmc, cmc)
+    assert list(result.summary()) == ['mAP', 'Rank-1', 'Rank-5']
+    matched = [(pids[g] == pids[i]) & ~((pids[g] == pids[i]) & (cams[g] == cams[i])) for i in q]
+    assert result.skipped_queries == sum(not m.any() for m in matched) > 0
+    animal = run(R1_mAP_eval(4, protocol='animal'), feats[:4], pids[:4], cams[:4])
+    assert len(animal.cmc) == 4
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_non_finite_features_stop_the_evaluation(bad):
+    feats, pids, cams = features(6)
+    feats[3, 2] = bad  # a query
+    feats[30] = bad  # a gallery image
+    paths = [f'img_{i}.jpg' for i in range(len(pids))]
+    with pytest.raises(ReIDError) as err:
+        run(R1_mAP_eval(20), feats, pids, cams, paths)
+    message = str(err.value)
+    assert '1 of 20 query' in message and f'1 of {len(pids) - 20} gallery' in message
+    assert 'img_3.jpg' in message and 'img_30.jpg' in message
+
+
+class Passthrough(torch.nn.Module):
+    def forward(self, images, cam_label=None, view_label=None):
+        return images
+
+
+def test_the_log_says_how_many_queries_were_skipped():
+    import logging
+    from types import SimpleNamespace
+    from processor.inference import do_inference
+    from utils.logger import get_logger
+
+    feats, pids, cams = features(5)
+    keep = np.r_[0:8, 20:25]
+    feats, pids, cams = feats[keep], pids[keep], cams[keep]
+    loader = [(feats, torch.tensor(pids), torch.tensor(cams), torch.zeros(13), [''] * 13)]
+    cfg = SimpleNamespace(MODEL=SimpleNamespace(SIE_CAMERA=False, SIE_VIEW=False))
+    runtime = SimpleNamespace(device=torch.device('cpu'))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger, level = get_logger(), get_logger().level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        model = Passthrough()
+        result = do_inference(cfg, model, loader, R1_mAP_eval(8), runtime)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert result.skipped_queries > 0
+    lines = [r.getMessage() for r in records]
+    assert f'{result.skipped_queries} of 8 queries have no valid match in the gallery: left out ' \
+           'of the figures above' in lines

@@ -139,3 +139,30 @@ def test_collector_takes_pairs_or_masks():
     expected = loop_ranks(dist, q_pids, g_pids, excluded)
     for stats in (by_pairs.stats(), by_mask.stats()):
         assert np.array_equal(stats.num_pos, expected[0]) and np.array_equal(stats.ranks, expected[1])
+
+
+def negative_nan(shape):
+    """NaN with the sign bit set, as x86 makes for inf - inf or F.normalize of an inf feature."""
+    inf = torch.full(shape, float('inf'))
+    value = inf - inf
+    assert int(value.view(torch.int32).flatten()[0]) < 0
+    return value
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float16, torch.float32, torch.float64])
+def test_nan_ranks_last_whatever_its_sign(dtype, device):
+    rng = np.random.default_rng(4)
+    dist, q_pids, g_pids, excluded = random_case(rng, 20, 80, 5)
+    dist = torch.tensor(dist, dtype=torch.float32)
+    nan_at = torch.tensor(rng.random(dist.shape) < 0.15)
+    dist[nan_at] = negative_nan((int(nan_at.sum()),))
+    dist[torch.tensor(rng.random(dist.shape) < 0.05)] = float('nan')
+    dist = dist.to(dtype)
+    num_ref, ranks_ref = loop_ranks(dist.double().numpy(), q_pids, g_pids, excluded)
+    num, ranks = fast(dist, q_pids, g_pids, excluded, device)
+    assert np.array_equal(num, num_ref) and np.array_equal(ranks, ranks_ref)
+    num, ranks = sorted_match_ranks(dist.to(device), torch.tensor(q_pids, device=device),
+                                    torch.tensor(g_pids, device=device),
+                                    torch.tensor(excluded, device=device))
+    assert np.array_equal(num.cpu().numpy(), num_ref) and np.array_equal(ranks.cpu().numpy(), ranks_ref)

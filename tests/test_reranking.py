@@ -246,3 +246,11 @@ def test_sweep_with_k2_beyond_small_k1(split):
     for setting, k1 in enumerate([3, 20]):
         ref = reference_re_ranking(qf.numpy(), gf.numpy(), k1, 6, 0.3)
         assert np.abs(swept[setting].numpy() - ref).max() < 1e-3, k1
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')])
+def test_non_finite_features_are_refused(split, bad):
+    gf = split[1].copy()
+    gf[5, 0] = bad
+    with pytest.raises(ValueError, match='finite'):
+        re_ranking(split[0], gf, 20, 6, 0.3)

@@ -102,7 +102,7 @@ def evaluate_atrw(spec, test, annotation_path, max_rank=50, mode='dedup', num_qu
         all_stats, distmat = scan(spec, q, None, excluded, keep_distmat)
     else:
         all_stats, distmat, excluded = _scan_dropping_top(spec, q, g, junk, keep_distmat)
-    results = [_scores(stats, kind, max_rank) for stats in all_stats]
+    results = [_scores(stats, kind, min(max_rank, len(g))) for stats in all_stats]
     cmc, metrics = results[0]
     return _result('atrw', cmc, metrics['mmAP'], metrics, q, g, distmat, excluded,
                    sweep=sweep_table(spec, [m for _, m in results]),

@@ -14,6 +14,7 @@ from . import distributed as du
 from .atrw import ATRW_MODES, evaluate_atrw, load_annotation
 from .distance import METRICS, as_tensor, matrix_chunks
 from .errors import ReIDError
+from .finite import check_finite
 from .protocols import (PROTOCOLS, DistanceSpec, EvalResult, Split, evaluate_animal,
                         evaluate_standard, evaluate_vehicleid, same_camera_pairs, scores)
 from .ranking import RankStats
@@ -134,6 +135,8 @@ class R1_mAP_eval:
         n, nq = len(pids), self.num_query
         if not 0 < nq <= n:
             raise ReIDError(f'num_query is {nq} but {n} images were evaluated')
+        check_finite(('query', feats[:nq], paths[:nq] if paths else None),
+                     ('gallery', feats[nq:], paths[nq:] if paths else None))
         if self.feat_norm:
             feats = F.normalize(feats, dim=1, p=2)
         q = Split(feats[:nq], pids[:nq], camids[:nq], paths[:nq] if paths else None)

@@ -62,6 +62,8 @@ class StackedFeatures:
             raise ValueError(f'unknown re-ranking distance {dist!r}; use one of {INITIAL_DISTANCES}')
         q = as_tensor(probFea)
         feats = q if galFea is None else _stack(q, as_tensor(galFea).to(q.device))
+        if not bool(torch.isfinite(feats).all()):
+            raise ValueError('re-ranking needs finite features (some hold NaN or inf)')
         self.feats = F.normalize(feats, dim=1) if dist == 'cosine_sq' else feats
         self.sq = self.feats.pow(2).sum(1)
         self.dist = dist
@@ -146,8 +148,8 @@ class NeighbourLists:
                 theirs = (v <= bound_j[c]).nonzero().squeeze(1)
                 theirs = theirs[torch.sort(c[theirs], stable=True).indices]  # by row of J
                 self._merge(j0, j1, c[theirs], i0 + r[theirs], v[theirs])
-        if bool((self.keys == _EMPTY).any()):
-            raise ValueError('re-ranking needs finite features (some distances are NaN)')
+        if bool((self.keys == _EMPTY).any()):  # finite features whose squares overflow
+            raise ValueError('re-ranking distances are NaN: the features are too large')
         self.index = self.keys & 0xFFFFFFFF
         self.distances = unpack_values(self.keys)
 

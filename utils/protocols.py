@@ -99,6 +99,7 @@ class EvalResult:
     # (start, end) -> (rows, cols) pairs, or a bool mask, of the entries the protocol ignores
     excluded: Optional[Callable] = None
     extra: dict = field(default_factory=dict)
+    skipped_queries: int = 0  # queries without a valid match: left out of CMC and mAP
 
     def summary(self):
         """Ordered name -> value of what to log."""
@@ -213,13 +214,18 @@ def same_camera_pairs(q_pids, q_camids, g_pids, g_camids):
     return excluded
 
 
+def skipped(stats):
+    return int((stats.num_pos == 0).sum())
+
+
 def evaluate_standard(spec, q, g, max_rank=50, keep_distmat=True):
     excluded = same_camera_pairs(*on_device(q, q.pids, q.camids, g.pids, g.camids))
     all_stats, distmat = scan(spec, q, g, excluded, keep_distmat)
-    results = [scores(stats, max_rank) for stats in all_stats]
+    results = [scores(stats, min(max_rank, len(g))) for stats in all_stats]
     cmc, mAP = results[0]
     return _result('standard', cmc, mAP, rank_metrics(cmc, mAP), q, g, distmat, excluded,
-                   sweep=sweep_table(spec, [rank_metrics(*r) for r in results]))
+                   sweep=sweep_table(spec, [rank_metrics(*r) for r in results]),
+                   skipped_queries=skipped(all_stats[0]))
 
 
 def vehicleid_draw(pids, rng):
@@ -235,6 +241,7 @@ def evaluate_vehicleid(spec, test, max_rank=50, trials=10, seed=0, keep_distmat=
     rng = np.random.default_rng(seed)
     per_setting = [([], []) for _ in spec.settings()]  # (cmcs, maps) of each setting
     draws, first = [], None
+    max_rank = min(max_rank, len(np.unique(test.pids)))  # the gallery: one image per identity
     for t in range(trials):
         qi, gi = vehicleid_draw(test.pids, rng)
         q, g = test.take(qi), test.take(gi)
@@ -275,9 +282,9 @@ def evaluate_animal(spec, q, g, max_rank=50, ap_mode='trapezoid', keep_distmat=T
             return index.pairs(q_ids[s:e])
 
     all_stats, distmat = scan(spec, q, g_side, excluded, keep_distmat)
-    results = [scores(stats, max_rank, ap_mode) for stats in all_stats]
+    results = [scores(stats, min(max_rank, len(gal)), ap_mode) for stats in all_stats]
     cmc, mAP = results[0]
     name = f'mAP({ap_mode})'
     return _result('animal', cmc, mAP, rank_metrics(cmc, mAP, name), q, gal, distmat, excluded,
                    sweep=sweep_table(spec, [rank_metrics(*r, name) for r in results]),
-                   ap_mode=ap_mode)
+                   ap_mode=ap_mode, skipped_queries=skipped(all_stats[0]))

@@ -32,7 +32,11 @@ def order_keys(dist):
         if torch.equal(narrow.double(), dist):  # float32 values stored as float64: fast path
             dist = narrow
     if dist.dtype in (torch.float16, torch.bfloat16, torch.float32):
-        bits = (dist.float() + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
+        # + 0.0 turns -0.0 into 0.0; every NaN becomes the positive one, whose bits follow
+        # +inf's: NaN sorts last, as numpy's and torch's sorts put it (x86 gives inf - inf
+        # and F.normalize of an inf feature a NaN with the sign bit set, which would sort first)
+        value = dist.float() + 0.0
+        bits = torch.where(value.isnan(), float('nan'), value).view(torch.int32)
         bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # IEEE order -> integer order
         cols = torch.arange(dist.shape[1], device=dist.device)
         return (bits.long() << 32) | cols
