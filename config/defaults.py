@@ -3,7 +3,10 @@
 It is the union of CLIP-ReID's tree (SOLVER.STAGE1 / SOLVER.STAGE2) and PCL-CLIP's flat
 SOLVER keys, so a YAML written for either upstream repository loads unchanged. Every key
 here is read by the code; upstream keys that have no effect in this framework are listed
-in ``config.loading.INERT_UPSTREAM_KEYS`` and are accepted with a warning instead.
+in ``config.loading.INERT_UPSTREAM_KEYS`` and are accepted with a warning instead. Values no
+run can use (a period or batch size below 1, negative workers, an image size that is not two
+positive integers, a normalisation without three values or with a std of 0) are refused at
+loading by ``config.loading.check_values``.
 """
 from yacs.config import CfgNode as CN
 

@@ -2,6 +2,7 @@
 import argparse
 import ast
 import logging
+import math
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -85,7 +86,8 @@ def _coerce(name, value, default):
     return value
 
 
-def _apply(cfg, pairs, source):
+def _apply(cfg, pairs, source, origin):
+    """Set each (name, value) in cfg; origin[name] records the source that set it."""
     for name, value in pairs:
         if name in INERT_UPSTREAM_KEYS:
             if value in _UNSUPPORTED_VALUES.get(name, ()):
@@ -101,12 +103,65 @@ def _apply(cfg, pairs, source):
             continue  # an empty section, e.g. 'DATASETS:' followed only by comments
         if leaf not in node or isinstance(node[leaf], CN):
             raise ReIDError(f'{source}: unknown config key {name}')
-        node[leaf] = _coerce(name, value, node[leaf])
+        try:
+            node[leaf] = _coerce(name, value, node[leaf])
+        except ReIDError as err:
+            raise ReIDError(f'{source}: {err}') from None
+        origin[name] = source
+
+
+_PERIODS = ('CHECKPOINT_PERIOD', 'LOG_PERIOD', 'EVAL_PERIOD')
+# Keys that count something and must be at least 1 (periods are divisors: 0 would fail only
+# when first used, possibly after a whole epoch of training).
+AT_LEAST_ONE = tuple(
+    [stage + key for stage in _STAGES for key in _PERIODS + ('IMS_PER_BATCH',)
+     if stage + key not in INERT_UPSTREAM_KEYS]
+    + ['TEST.IMS_PER_BATCH', 'DATALOADER.NUM_INSTANCE'])
+AT_LEAST_ZERO = ('DATALOADER.NUM_WORKERS',)
+
+
+def _get(cfg, name):
+    """cfg's value at a dotted name, by item access (tests trace attribute reads as uses)."""
+    for part in name.split('.'):
+        cfg = cfg[part]
+    return cfg
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_values(cfg, origin=None):
+    """Refuse values no run can use, naming the key and where it was set (YAML file or
+    command line)."""
+    def fail(name, message):
+        where = (origin or {}).get(name)
+        raise ReIDError(f'{where + ": " if where else ""}config key {name} {message}')
+
+    for name in AT_LEAST_ONE:
+        if _get(cfg, name) < 1:
+            fail(name, f'must be at least 1, not {_get(cfg, name)}')
+    for name in AT_LEAST_ZERO:
+        if _get(cfg, name) < 0:
+            fail(name, f'must be 0 or more, not {_get(cfg, name)}')
+    for name in ('INPUT.SIZE_TRAIN', 'INPUT.SIZE_TEST'):
+        size = _get(cfg, name)
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                     for v in size):
+            fail(name, f'must be two positive integers [height, width], not {list(size)}')
+    for name in ('INPUT.PIXEL_MEAN', 'INPUT.PIXEL_STD'):
+        values = _get(cfg, name)
+        if len(values) != 3 or not all(_is_number(v) for v in values):
+            fail(name, f'must be three numbers (one per RGB channel), not {list(values)}')
+    std = _get(cfg, 'INPUT.PIXEL_STD')
+    if any(v <= 0 for v in std):
+        fail('INPUT.PIXEL_STD', f'must be positive (images are divided by it), not {list(std)}')
 
 
 def load_config(config_file='', opts=()):
     """Defaults, then the YAML file, then KEY VALUE pairs; returns a frozen CfgNode."""
     cfg = _C.clone()
+    origin = {}
     if config_file:
         try:
             with open(config_file) as f:
@@ -115,10 +170,11 @@ def load_config(config_file='', opts=()):
             raise ReIDError(f'cannot read config file {config_file}: {err.strerror}') from None
         except yaml.YAMLError as err:
             raise ReIDError(f'config file {config_file} is not valid YAML: {err}') from None
-        _apply(cfg, _flatten(tree), config_file)
+        _apply(cfg, _flatten(tree), config_file, origin)
     if len(opts) % 2:
         raise ReIDError(f'overrides must be KEY VALUE pairs; {opts[-1]} has no value')
-    _apply(cfg, zip(opts[0::2], opts[1::2]), 'command line')
+    _apply(cfg, zip(opts[0::2], opts[1::2]), 'command line', origin)
+    check_values(cfg, origin)
     cfg.freeze()
     return cfg
 
