@@ -4,6 +4,7 @@ import zipfile
 
 import torch
 
+from utils.checkpoint import unreadable_reason
 from utils.errors import ReIDError
 from utils.run_folder import missing_weight_message
 
@@ -73,9 +74,13 @@ def read_state_dict(path):
     except IsADirectoryError:
         raise ReIDError(f'checkpoint {path} is a directory, not a file') from None
     except Exception as err:  # noqa: BLE001 - the safe unpickler raises many kinds
+        reason = unreadable_reason(path, err)
+        if reason:
+            raise ReIDError(f'checkpoint {path}: {reason}') from None
+        detail = (str(err).strip().splitlines() or ['no details'])[0][:200]
         raise ReIDError(f'checkpoint {path} is not a state_dict that can be loaded safely (a '
                         'whole pickled model or a damaged file?); save model.state_dict() '
-                        f'instead. ({type(err).__name__}: {str(err).splitlines()[0][:200]})'
+                        f'instead. ({type(err).__name__}: {detail})'
                         ) from None
     if isinstance(obj, dict) and isinstance(obj.get('model'), dict):
         obj = obj['model']

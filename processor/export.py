@@ -10,6 +10,7 @@ model's metadata (input_size, pixel_mean, pixel_std, resize).
 Exported with PyTorch's TorchScript-based exporter (`dynamo=False`), which needs no package
 beyond onnx; onnxruntime checks the result.
 """
+import io
 import os
 import warnings
 
@@ -18,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from datasets import build_transforms
+from utils.atomic import atomic_write
 from utils.errors import ReIDError
 
 INPUT_NAME, OUTPUT_NAME = 'images', 'features'
@@ -43,8 +45,9 @@ def preprocessing(cfg):
             'resize': build_transforms(cfg, is_train=False).transforms[0].interpolation.value}
 
 
-def export_onnx(extractor, path, opset=17):
-    """Write extractor's model to path as ONNX; returns the path."""
+def export_onnx(extractor, path, opset=17, verify=None):
+    """Write extractor's model to path as ONNX, atomically; returns the path. `verify(file)`,
+    when given, checks the written model before it replaces path (it raises to refuse it)."""
     try:
         import onnx
     except ImportError:
@@ -52,21 +55,25 @@ def export_onnx(extractor, path, opset=17):
     cfg = extractor.cfg
     model = ExportedFeatures(extractor.model, extractor.normalises).cpu().eval()
     example = torch.zeros(2, 3, *cfg.INPUT.SIZE_TEST)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with warnings.catch_warnings():  # the legacy exporter and tracing explain themselves at length
-        warnings.simplefilter('ignore')
-        torch.onnx.export(model, (example,), tmp, dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: 'batch'}, OUTPUT_NAME: {0: 'batch'}})
-    graph = onnx.load(tmp)
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():  # the legacy exporter and tracing explain themselves
+            warnings.simplefilter('ignore')
+            torch.onnx.export(model, (example,), buffer, dynamo=False, opset_version=opset,
+                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: 'batch'}, OUTPUT_NAME: {0: 'batch'}})
+    finally:
+        extractor.model.to(extractor.device)
+    graph = onnx.load_model_from_string(buffer.getvalue())
     onnx.checker.check_model(graph)
     for key, value in {**preprocessing(cfg), 'weight': os.path.basename(extractor.weight),
                        'method': cfg.MODEL.METHOD}.items():
         graph.metadata_props.add(key=key, value=value)
-    onnx.save(graph, tmp)
-    os.replace(tmp, path)
-    extractor.model.to(extractor.device)
+    with atomic_write(path) as f:
+        onnx.save_model(graph, f)
+        if verify is not None:
+            f.flush()
+            verify(f.name)
     return path
 
 

@@ -3,13 +3,13 @@
 The .npz written by tools/extract_features.py holds 'features' [N, D] float32, 'paths',
 'pids' and 'camids' (when known), and 'weight', 'method', 'input_size' (what made them).
 """
-import os
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
+from utils.atomic import atomic_write
 from utils.distance import distance_chunks
 from utils.errors import ReIDError
 
@@ -33,10 +33,8 @@ def save_gallery(path, features, images, extractor):
         if getattr(images, name) is not None:
             arrays[name] = np.asarray(getattr(images, name), dtype=np.int64)
     path = path if path.endswith('.npz') else path + '.npz'
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp.npz'
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
     return path
 
 

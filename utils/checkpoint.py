@@ -2,30 +2,58 @@
 import glob
 import os
 import random
+import zipfile
 
 import numpy as np
 import torch
 
+from utils.atomic import DiskFullError, atomic_write, remove_stale_temp_files
 from utils.errors import ReIDError
 
 STATE_SUFFIX = '_state.pth'
 
 
 def atomic_save(obj, path):
-    """Write to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f'.{os.path.basename(path)}.{os.getpid()}.tmp')
+    """torch.save through utils.atomic.atomic_write: a crash never leaves half a file. A full
+    device stops with a DiskFullError that also names the checkpoints kept beside path."""
     try:
-        with open(tmp, 'wb') as f:
+        with atomic_write(path) as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    except DiskFullError as err:
+        raise DiskFullError(err.path, kept_files_message(os.path.dirname(err.path))) from None
+
+
+def kept_files_message(folder):
+    """Which checkpoint and training state folder still holds (after a failed save)."""
+    weights = [p for p in glob.glob(os.path.join(glob.escape(folder), '*.pth'))
+               if not p.endswith(STATE_SUFFIX)]
+    states = state_files(folder)
+    if not weights and not states:
+        return f'{folder} holds no earlier checkpoint'
+    parts = [f'newest checkpoint {os.path.basename(max(weights, key=os.path.getmtime))}'
+             if weights else 'no checkpoint']
+    parts += ([f'training state {", ".join(sorted(os.path.basename(p) for p in states))}']
+              if states else ['no training state'])
+    return f'{folder} keeps its earlier files: {" and ".join(parts)}'
+
+
+def unreadable_reason(path, err):
+    """Why torch.load could not read path, in words: empty, truncated / damaged, or ''
+    (a file that is complete but not loadable safely: the caller says what it expected)."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = None
+    if size == 0:
+        return 'the file is empty (0 bytes; a run stopped while saving it?)'
+    with open(path, 'rb') as f:
+        zip_format = f.read(4) == b'PK\x03\x04'
+    cut = isinstance(err, EOFError) or (
+        isinstance(err, RuntimeError) and ('EOF' in str(err) or 'corrupted' in str(err)))
+    if cut or (zip_format and not zipfile.is_zipfile(path)):
+        return (f'the file is truncated or damaged ({size} bytes; an interrupted save or '
+                'copy?) and cannot be read')
+    return ''
 
 
 def unwrap(model):
@@ -77,6 +105,7 @@ def find_resume_file(cfg, resume_flag):
     choice = cfg.SOLVER.RESUME or ('auto' if resume_flag else '')
     if not choice:
         return None
+    remove_stale_temp_files(cfg.OUTPUT_DIR)
     if choice != 'auto':
         if not os.path.isfile(choice):
             raise ReIDError(f'SOLVER.RESUME: no training-state file at {choice}')
@@ -91,8 +120,12 @@ def load_training_state(path):
     """The dict written by the trainer (data only: loaded with weights_only)."""
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as err:  # truncated or foreign files
-        raise ReIDError(f'cannot read training state {path}: {err}') from None
+    except OSError:
+        raise
+    except Exception as err:  # noqa: BLE001 - truncated or foreign files
+        reason = unreadable_reason(path, err) or \
+            f'{type(err).__name__}: {(str(err).strip().splitlines() or ["no details"])[0][:200]}'
+        raise ReIDError(f'cannot read training state {path}: {reason}') from None
     if not isinstance(state, dict) or 'model' not in state or 'epoch' not in state:
         raise ReIDError(f'{path} is not a training-state file of this framework')
     return state

@@ -5,6 +5,7 @@ import os
 import re
 
 from utils import distributed as du
+from utils.atomic import atomic_write
 from utils.checkpoint import STATE_SUFFIX, model_file_name, state_files
 from utils.errors import ReIDError
 
@@ -41,11 +42,8 @@ def save_run_config(cfg):
     tools take it as --config_file."""
     path = os.path.join(cfg.OUTPUT_DIR, CONFIG_FILE)
     if du.is_main_process():
-        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        tmp = f'{path}.{os.getpid()}.tmp'
-        with open(tmp, 'w') as f:
+        with atomic_write(path, 'w') as f:
             f.write(cfg.dump())
-        os.replace(tmp, path)
     return path
 
 

@@ -8,10 +8,12 @@ stage's iteration. Only rank 0 writes. A stage that starts again (resumed, or a 
 first drops what an earlier attempt logged after its starting iteration, in both outputs.
 """
 import csv
+import io
 import logging
 import os
 
 from utils import distributed as du
+from utils.atomic import DiskFullError, atomic_write, is_disk_full
 
 CSV_NAME = 'metrics.csv'
 CSV_COLUMNS = ('stage', 'epoch', 'iteration', 'name', 'value')
@@ -28,12 +30,28 @@ def read_metrics(path):
 def _keep_rows(path, keep):
     """Rewrite path with the rows for which keep(row) is true (atomically)."""
     rows = [row for row in read_metrics(path) if keep(row)]
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'w', newline='') as f:
+    with atomic_write(path, 'w', newline='') as f:
         writer = csv.DictWriter(f, CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
+
+
+def _append(f, path, rows):
+    """Append whole csv rows to the unbuffered binary file f: a failed write (a full disk) is
+    cut back off, so the file never ends in half a row and earlier rows stay."""
+    text = io.StringIO()
+    csv.writer(text).writerows(rows)
+    data = text.getvalue().encode()
+    size = os.fstat(f.fileno()).st_size
+    try:
+        done = 0
+        while done < len(data):
+            done += f.write(data[done:])
+    except OSError as err:
+        os.ftruncate(f.fileno(), size)
+        if is_disk_full(err):
+            raise DiskFullError(path) from None
+        raise
 
 
 def _summary_writer(log_dir, purge_step):
@@ -63,10 +81,9 @@ class TrainingLog:
             _keep_rows(self.csv_path, lambda row: row['stage'] != stage or (
                 not fresh and row['iteration'] <= start_iteration))
         new_file = not os.path.exists(self.csv_path)
-        self.csv_file = open(self.csv_path, 'a', newline='')
-        self.csv = csv.writer(self.csv_file)
+        self.csv_file = open(self.csv_path, 'ab', buffering=0)
         if new_file:
-            self.csv.writerow(CSV_COLUMNS)
+            _append(self.csv_file, self.csv_path, [CSV_COLUMNS])
         if cfg.SOLVER.TENSORBOARD:
             self.writer = _summary_writer(os.path.join(cfg.OUTPUT_DIR, 'tensorboard', stage),
                                           purge_step=0 if fresh else start_iteration + 1)
@@ -75,11 +92,12 @@ class TrainingLog:
         """Record {name: float} at (epoch, iteration)."""
         if not self.enabled:
             return
-        for name, value in values.items():
-            self.csv.writerow((self.stage, epoch, iteration, name, f'{float(value):.6g}'))
-            if self.writer is not None:
+        _append(self.csv_file, self.csv_path,
+                [(self.stage, epoch, iteration, name, f'{float(value):.6g}')
+                 for name, value in values.items()])
+        if self.writer is not None:
+            for name, value in values.items():
                 self.writer.add_scalar(name, float(value), iteration)
-        self.csv_file.flush()
 
     def close(self):
         if self.writer is not None:
