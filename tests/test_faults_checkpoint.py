@@ -97,24 +97,48 @@ def test_truncated_checkpoint_says_truncated_not_save_state_dict(tmp_path, legac
         assert 'state_dict() instead' not in str(err.value)
 
 
-def _dead_pid():
-    proc = subprocess.Popen([sys.executable, '-c', 'pass'])
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KILLED_SAVE = f"""
+import sys, time
+sys.path.insert(0, {REPO!r})
+import torch
+from utils.checkpoint import atomic_save
+
+def slow_save(obj, f):
+    f.write(b'half a checkpoint')
+    f.flush()
+    print('writing', flush=True)
+    time.sleep(60)
+
+torch.save = slow_save
+atomic_save({{'epoch': 20}}, sys.argv[1])
+"""
+
+
+def killed_while_saving(path):
+    """Run a save of path in another process and SIGKILL it half-way; its pid."""
+    proc = subprocess.Popen([sys.executable, '-c', KILLED_SAVE, str(path)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == 'writing'
+    proc.kill()
     proc.wait()
+    proc.stdout.close()
     return proc.pid  # reaped: no live process has it (until the system reuses it)
 
 
 def test_resume_removes_temporary_files_of_a_killed_save(tmp_path, caplog):
-    dead, alive = _dead_pid(), os.getpid()
+    atomic_save({'model': {}, 'epoch': 10}, tmp_path / 'toy_train_state.pth')
+    dead = killed_while_saving(tmp_path / 'toy_train_state.pth')
     stale = tmp_path / f'.toy_train_state.pth.{dead}.tmp'
-    stale.write_bytes(b'half a checkpoint')
+    assert stale.read_bytes() == b'half a checkpoint'
     stale_weights = tmp_path / f'.toy_20.pth.{dead}.tmp'
     stale_weights.write_bytes(b'half')
-    live = tmp_path / f'.toy_30.pth.{alive}.tmp'  # a save in progress: left alone
+    live = tmp_path / f'.toy_30.pth.{os.getpid()}.tmp'  # a save in progress: left alone
     live.write_bytes(b'being written')
-    atomic_save({'model': {}, 'epoch': 10}, tmp_path / 'toy_train_state.pth')
     cfg = load_config('', ['OUTPUT_DIR', str(tmp_path)])
     with caplog.at_level('WARNING', logger='reid'):
         found = find_resume_file(cfg, resume_flag=True)
     assert found == str(tmp_path / 'toy_train_state.pth')
+    assert load_training_state(found)['epoch'] == 10
     assert not stale.exists() and not stale_weights.exists() and live.exists()
     assert f'.toy_train_state.pth.{dead}.tmp' in caplog.text and 'removed 2' in caplog.text
