@@ -279,6 +279,11 @@ _C.TEST.ATRW_MODE = 'dedup'
 _C.TEST.VEHICLEID_TRIALS = 10
 # Number of ranks reported in the CMC
 _C.TEST.MAX_RANK = 50
+# GiB that evaluation, re-ranking and the query tool may add to the features for their
+# distance chunks and buffers (0 = half the free memory of the device they run on); only the
+# chunk sizes depend on it, never a result. A kept distance matrix (TEST.DIST_MAT,
+# TEST.VISUALIZE) comes on top
+_C.TEST.MEMORY_BUDGET = 0.0
 # Evaluate the untrained model before training (the zero-shot reference point)
 _C.TEST.EVAL_BEFORE_TRAIN = False
 # Save rank-list pictures for the first N queries (0 = none)

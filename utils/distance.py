@@ -43,14 +43,17 @@ def prepare(feats, metric):
     return F.normalize(feats, dim=1) if metric == 'cosine' else feats
 
 
-def distance_chunks(qf, gf, metric='euclidean', rows=None, block=BLOCK, out=None, queries=None):
+def distance_chunks(qf, gf, metric='euclidean', rows=None, block=BLOCK, out=None, queries=None,
+                    reuse=False):
     """Yield (start, end, [end - start, G] float32 distances) over the queries.
 
     gf=None means the gallery is the query set itself. rows: rows per chunk (rounded up to
     a multiple of `block`); None picks a size holding about CHUNK_ELEMENTS distances.
     queries: the (first, end) query rows to yield, first a multiple of `block` (all rows by
     default). out: an optional float32 numpy array of those rows that receives every chunk
-    (on the CPU the distances are computed in it).
+    (on the CPU the distances are computed in it). reuse: every chunk is computed in one
+    buffer, so a chunk is valid only until the next one is asked for (memory: one chunk,
+    not the two that a consumer holding the last one while the next is made would keep).
     """
     qf = prepare(as_tensor(qf), metric)  # all rows: a row's bits do not depend on `queries`
     gf = qf if gf is None else prepare(as_tensor(gf).to(qf.device), metric)
@@ -58,10 +61,17 @@ def distance_chunks(qf, gf, metric='euclidean', rows=None, block=BLOCK, out=None
     g_sq = gf.pow(2).sum(1)
     target = torch.from_numpy(out) if out is not None and qf.device.type == 'cpu' else None
     rows = chunk_rows(gf.shape[0], block) if rows is None else -(-rows // block) * block
+    buffer = None
+    if reuse and target is None:
+        buffer = torch.empty(min(rows, last - first), gf.shape[0], device=qf.device)
     for start in range(first, last, rows):
         end = min(start + rows, last)
-        chunk = target[start - first:end - first] if target is not None else torch.empty(
-            end - start, gf.shape[0], device=qf.device)
+        if target is not None:
+            chunk = target[start - first:end - first]
+        elif buffer is not None:
+            chunk = buffer[:end - start]
+        else:
+            chunk = torch.empty(end - start, gf.shape[0], device=qf.device)
         for b in range(start, end, block):
             rows_out = chunk[b - start:b - start + block]
             distance_block(qf[b:min(b + block, end)], gf, metric, g_sq, out=rows_out)

@@ -15,6 +15,7 @@ from .atrw import ATRW_MODES, evaluate_atrw, load_annotation
 from .distance import METRICS, as_tensor, matrix_chunks
 from .errors import ReIDError
 from .finite import check_finite
+from .memory import budget_bytes
 from .protocols import (PROTOCOLS, DistanceSpec, EvalResult, Split, evaluate_animal,
                         evaluate_standard, evaluate_vehicleid, same_camera_pairs, scores)
 from .ranking import RankStats
@@ -69,8 +70,11 @@ class R1_mAP_eval:
                  protocol='standard', distance='euclidean', k1=20, k2=6, lambda_value=0.3,
                  rerank_dist='euclidean', ap_mode='trapezoid', atrw_annotation='',
                  atrw_mode='dedup', vehicleid_trials=10, vehicleid_seed=0, dist_mat_path='',
-                 visualize=0, output_dir='', caption='', keep_distmat=True):
+                 visualize=0, output_dir='', caption='', keep_distmat=True, memory_budget=0):
         self.num_query, self.max_rank = num_query, max_rank
+        self.memory_budget = memory_budget
+        if memory_budget:
+            budget_bytes(memory_budget)  # refuse a bad value now, not after feature extraction
         self.feat_norm = wants_feat_norm(feat_norm)
         self.protocol = _choice('TEST.PROTOCOL', protocol, PROTOCOLS)
         self.spec = DistanceSpec(_choice('TEST.DISTANCE', distance, METRICS))
@@ -138,25 +142,35 @@ class R1_mAP_eval:
         check_finite(('query', feats[:nq], paths[:nq] if paths else None),
                      ('gallery', feats[nq:], paths[nq:] if paths else None))
         if self.feat_norm:
-            feats = F.normalize(feats, dim=1, p=2)
+            feats = F.normalize(feats, dim=1, p=2, out=feats)  # feats is the gathered copy
+        spec = self._fitted_spec(feats, n - nq if n > nq else n)
         q = Split(feats[:nq], pids[:nq], camids[:nq], paths[:nq] if paths else None)
         g = Split(feats[nq:], pids[nq:], camids[nq:], paths[nq:] if paths else None)
         keep = self.keep_distmat
         if self.protocol == 'standard':
-            result = evaluate_standard(self.spec, q, g, self.max_rank, keep)
+            result = evaluate_standard(spec, q, g, self.max_rank, keep)
         elif self.protocol == 'animal':
-            result = evaluate_animal(self.spec, q, g, self.max_rank, self.ap_mode, keep)
+            result = evaluate_animal(spec, q, g, self.max_rank, self.ap_mode, keep)
         elif self.protocol == 'vehicleid':
             test = Split(feats, pids, camids, paths)
-            result = evaluate_vehicleid(self.spec, test, self.max_rank, self.trials, self.seed,
+            result = evaluate_vehicleid(spec, test, self.max_rank, self.trials, self.seed,
                                         keep)
         else:
             test = Split(feats, pids, camids, paths)
-            result = evaluate_atrw(self.spec, test, self.atrw_annotation, self.max_rank,
+            result = evaluate_atrw(spec, test, self.atrw_annotation, self.max_rank,
                                    self.atrw_mode, nq, keep)
         if du.is_main_process():
             self._save(result)
         return result
+
+    def _fitted_spec(self, feats, num_gallery):
+        """self.spec with chunks within the memory budget, less two copies of the features
+        (the gathered one here, and a normalised or selected one downstream). Under
+        torch.distributed every rank takes the smallest budget, so they cut the queries alike."""
+        budget = budget_bytes(self.memory_budget, feats.device)
+        if du.is_dist():
+            budget = min(du.all_gather_object(budget))
+        return self.spec.fitted(budget - 2 * feats.nbytes, num_gallery, feats.device)
 
     def _save(self, result):
         if self.dist_mat_path and result.distmat is not None:
@@ -189,7 +203,8 @@ def make_evaluator(cfg, num_query, protocol):
         atrw_mode=t.ATRW_MODE,
         vehicleid_trials=t.VEHICLEID_TRIALS,
         dist_mat_path=os.path.join(cfg.OUTPUT_DIR, t.DIST_MAT) if t.DIST_MAT else '',
-        visualize=t.VISUALIZE, output_dir=cfg.OUTPUT_DIR, caption=_caption(cfg), keep_distmat=False)
+        visualize=t.VISUALIZE, output_dir=cfg.OUTPUT_DIR, caption=_caption(cfg), keep_distmat=False,
+        memory_budget=t.MEMORY_BUDGET)
 
 
 def _caption(cfg):

@@ -19,7 +19,7 @@ result is the first setting's, and extra['rerank_sweep'] holds one row per setti
 - atrw: see utils.atrw.
 """
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 from typing import Callable, Optional
 
@@ -27,10 +27,11 @@ import numpy as np
 import torch
 
 from . import distributed as du
-from .distance import BLOCK, distance_chunks
+from .distance import BLOCK, chunk_rows, distance_chunks
 from .errors import ReIDError
 from .pairs import KeyIndex, pairs_to_mask
-from .ranking import RankCollector, RankStats
+from .memory import rows_within
+from .ranking import RANK_BYTES_PER_ENTRY, RankCollector, RankStats, cpu_rank_entries
 from .reranking import as_list, re_ranking_sweep
 
 PROTOCOLS = ('standard', 'vehicleid', 'animal', 'atrw')
@@ -60,6 +61,27 @@ class DistanceSpec:
     rerank: Optional[dict] = None  # k1, k2, lambda_value (each a number or a list), dist
     rows: Optional[int] = None  # query rows per chunk (None: automatic)
     block: int = BLOCK  # query rows per distance matrix product
+    budget: Optional[int] = None  # bytes the chunks may take (None: no limit), see fit()
+
+    def fitted(self, budget, num_gallery, device):
+        """A copy whose chunks fit in `budget` bytes for a gallery of num_gallery: today's
+        sizes when they fit (the same bits), else fewer query rows per chunk and per matrix
+        product."""
+        spec = replace(self, budget=budget)
+        if self.rerank:
+            return spec  # re-ranking sizes its own steps from the budget
+        on_cpu = torch.device(device).type == 'cpu'
+        # the ranking of a chunk: on the CPU in steps of a fixed size, elsewhere all at once
+        per_entry = 4 + (0 if on_cpu else RANK_BYTES_PER_ENTRY)
+        reserve = RANK_BYTES_PER_ENTRY * cpu_rank_entries(num_gallery) if on_cpu else 0
+        reserve += 64 * num_gallery  # the gallery's identity index and ignored pairs
+        rows = rows_within(budget - reserve, per_entry * max(1, num_gallery),
+                           'query x gallery distances and their ranking')
+        if self.rows is None and rows >= chunk_rows(num_gallery, self.block):
+            return spec
+        spec.block = min(self.block, rows)
+        spec.rows = min(self.rows or rows, rows) // spec.block * spec.block
+        return spec
 
     def settings(self):
         """The re-ranking (k1, k2, lambda) of each setting, in chunks()' numbering; [None] without."""
@@ -69,15 +91,17 @@ class DistanceSpec:
         return list(product(as_list(r['k1']), as_list(r['k2']), as_list(r['lambda_value'])))
 
     def chunks(self, qf, gf, out=None, queries=None):
-        """Yield (setting, start, end, distances) of query rows start..end (queries: the
+        """Yield (setting, start, end, distances) of query rows start..end, each valid until
+        the next is asked for (queries: the
         (first, end) rows to score, all by default); out: an array of those rows, receiving
         setting 0's distances."""
         if self.rerank:
             yield from re_ranking_sweep(qf, gf, rows=self.rows, out=out, queries=queries,
-                                        **self.rerank)
+                                        memory_budget=self.budget, **self.rerank)
             return
         for start, end, dist in distance_chunks(qf, gf, self.metric, rows=self.rows,
-                                                block=self.block, out=out, queries=queries):
+                                                block=self.block, out=out, queries=queries,
+                                                reuse=True):
             yield 0, start, end, dist
 
 

@@ -23,6 +23,14 @@ from .pairs import KeyIndex, pairs_to_mask, union
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 _CPU_ELEMENTS = 1 << 22  # entries per pass on the CPU: few, large parallel operations
+# bytes a ranking pass holds per distance: two work buffers (float, int32), the bin
+# histogram and its cumulative sum (a quarter of the entries each, int64), the bin mask
+RANK_BYTES_PER_ENTRY = 16
+
+
+def cpu_rank_entries(num_cols):
+    """Entries one CPU ranking pass holds: _CPU_ELEMENTS, and at least one row."""
+    return max(_CPU_ELEMENTS, num_cols)
 
 
 def order_keys(dist):

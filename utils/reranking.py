@@ -18,12 +18,15 @@ Parameter sweeps: k1, k2 and lambda may be lists. The neighbour pass runs once, 
 largest list any setting needs (a smaller setting's lists are its prefix); each (k1, k2) is encoded once and every
 lambda reuses its Jaccard distances.
 """
+import math
 from itertools import product
 
 import numpy as np
 import torch
 
 from .distance import as_tensor
+from .errors import ReIDError
+from .memory import GIB
 from .neighbours import INITIAL_DISTANCES, NeighbourLists, StackedFeatures
 from .pairs import expand
 
@@ -262,8 +265,25 @@ class KReciprocal:
         return next(self.final(start, end, [self.lam]))
 
 
+def _steps_within(budget, stacked, k, num_gallery, stash_bytes):
+    """(neighbour-pass block, final rows) within `budget` bytes: today's sizes when they fit.
+    The stash and the neighbour lists stay for the whole computation; the pass's two block
+    buffers and mask (about 12 bytes per block entry) and a chunk of final distances (about
+    24 bytes per entry: the float16 overlap and Jaccard, the float32 results) come in turn."""
+    held = stash_bytes + stacked.n * (8 * k + 12)
+    room = budget - held
+    if room <= 0:
+        raise ReIDError(f'TEST.MEMORY_BUDGET of {budget / GIB:.3g} GiB cannot hold re-ranking\'s '
+                        f'initial query x gallery distances and neighbour lists '
+                        f'({held / GIB:.3g} GiB): give a larger budget')
+    block = min(stacked.block, max(1, math.isqrt(room // 12)))
+    elements = _CHUNK_ELEMENTS.get(stacked.device.type, _CHUNK_ELEMENTS['cuda'])
+    rows = max(_MIN_ROWS, elements // max(num_gallery, 1))
+    return block, max(1, min(rows, room // (24 * max(num_gallery, 1))))
+
+
 def re_ranking_sweep(probFea, galFea, k1=20, k2=6, lambda_value=0.3, dist='euclidean',
-                     rows=None, block=None, out=None, queries=None):
+                     rows=None, block=None, out=None, queries=None, memory_budget=None):
     """Yield (setting, start, end, [end-start, G] float32 tensor) of the re-ranked query x
     gallery distances, on the features' device, for every setting of (k1, k2, lambda) in
     itertools.product order of the lists (a number counts as a one-item list).
@@ -272,7 +292,8 @@ def re_ranking_sweep(probFea, galFea, k1=20, k2=6, lambda_value=0.3, dist='eucli
     covers every row). out: an optional float32 numpy array of those rows that also receives
     setting 0's distances (with one setting, all rows, on the CPU the work happens in it).
     Peak memory: one Q x G matrix (two when sweeping with `out`) plus one chunk and the
-    sparse encodings.
+    sparse encodings. memory_budget (bytes): the neighbour pass's blocks and the chunks
+    shrink to fit, and a budget that cannot hold the Q x G matrix is refused.
     """
     k1s, k2s, lambdas = as_list(k1), as_list(k2), as_list(lambda_value)
     stacked = StackedFeatures(probFea, galFea, dist, block)
@@ -281,10 +302,16 @@ def re_ranking_sweep(probFea, galFea, k1=20, k2=6, lambda_value=0.3, dist='eucli
     single = len(k1s) * len(k2s) * len(lambdas) == 1
     in_place = (out is not None and single and stacked.device.type == 'cpu'
                 and (first, last) == (0, q))
+    length = list_length(max(k1s), max(k2s))
+    default_rows = max(_MIN_ROWS, _CHUNK_ELEMENTS.get(stacked.device.type,
+                                                      _CHUNK_ELEMENTS['cuda']) // max(g, 1))
+    if memory_budget is not None:
+        stacked.block, budget_rows = _steps_within(memory_budget, stacked, length, g,
+                                                   0 if in_place else 4 * q * g)
+        default_rows = min(default_rows, budget_rows)
     stash = torch.from_numpy(out) if in_place else torch.empty(q, g, device=stacked.device)
-    neighbours = NeighbourLists(stacked, list_length(max(k1s), max(k2s)), stash)
-    elements = _CHUNK_ELEMENTS.get(stacked.device.type, _CHUNK_ELEMENTS['cuda'])
-    rows = rows or max(_MIN_ROWS, elements // max(g, 1))
+    neighbours = NeighbourLists(stacked, length, stash)
+    rows = rows or default_rows
     for (i1, a), (i2, b) in product(enumerate(k1s), enumerate(k2s)):
         kr = KReciprocal(k1=a, k2=b, neighbours=neighbours)
         for start in range(first, last, rows):

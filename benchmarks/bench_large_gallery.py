@@ -1,0 +1,119 @@
+"""Evaluation of a huge gallery within a memory budget: time and added peak memory.
+
+    python benchmarks/bench_large_gallery.py                       # 5,000 x 1,000,000, dim 128, budget 2 GiB, CPU
+    python benchmarks/bench_large_gallery.py --queries 10000 --dim 256 --device cuda --budget 12
+
+Each measurement runs in a fresh process. The features are made first (in place, so no
+temporary raises the peak); the figure is what evaluation adds on top of them: on the CPU
+the growth of getrusage's maxrss over its value before R1_mAP_eval.compute(), on a GPU
+torch.cuda.max_memory_allocated() minus the memory allocated before. The floor is one Q x G
+matrix product of the same features, made in row blocks into one reused buffer.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GIB = 1 << 30
+
+
+def make_features(args):
+    import torch
+    gen = torch.Generator().manual_seed(0)
+    n = args.queries + args.gallery
+    feats = torch.randn(n, args.dim, generator=gen)
+    feats /= feats.norm(dim=1, keepdim=True)
+    pids = torch.randint(0, args.gallery // 20, (n,), generator=gen)
+    camids = torch.randint(0, 6, (n,), generator=gen)
+    return feats.to(args.device), pids, camids
+
+
+def peak_bytes(device):
+    import torch
+    if device == 'cuda':
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_evaluation(args):
+    import torch
+    from utils.metrics import R1_mAP_eval
+    feats, pids, camids = make_features(args)
+    evaluator = R1_mAP_eval(args.queries, feat_norm='yes', keep_distmat=False,
+                            memory_budget=args.budget)
+    evaluator.update((feats, pids, camids))
+    del feats
+    if args.device == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = peak_bytes('cpu')
+    start = time.perf_counter()
+    result = evaluator.compute()
+    if args.device == 'cuda':
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {'seconds': seconds, 'added_gib': (peak_bytes(args.device) - before) / GIB,
+            'mAP': result.mAP, 'rank1': float(result.cmc[0])}
+
+
+def run_floor(args):
+    import torch
+    feats, _, _ = make_features(args)
+    q, g = feats[:args.queries], feats[args.queries:]
+    rows = 256
+    buffer = torch.empty(rows, args.gallery, device=args.device)
+    start = time.perf_counter()
+    for s in range(0, args.queries, rows):
+        block = q[s:s + rows]
+        torch.mm(block, g.t(), out=buffer[:len(block)])
+    if args.device == 'cuda':
+        torch.cuda.synchronize()
+    return {'seconds': time.perf_counter() - start}
+
+
+def measure(args, what):
+    cmd = [sys.executable, __file__, '--child', what, '--queries', str(args.queries),
+           '--gallery', str(args.gallery), '--dim', str(args.dim), '--budget', str(args.budget),
+           '--device', args.device, '--threads', str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if out.returncode:
+        sys.exit(f'{what} failed:\n{out.stderr}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--queries', type=int, default=5000)
+    parser.add_argument('--gallery', type=int, default=1_000_000)
+    parser.add_argument('--dim', type=int, default=128)
+    parser.add_argument('--budget', type=float, default=2.0, help='TEST.MEMORY_BUDGET, GiB')
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
+    parser.add_argument('--child', choices=('evaluation', 'floor'), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        sys.path.insert(0, REPO)
+        print(json.dumps((run_evaluation if args.child == 'evaluation' else run_floor)(args)))
+        return
+    floor = measure(args, 'floor')
+    ev = measure(args, 'evaluation')
+    device = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
+    print(f'device: {device}; load average {os.getloadavg()[0]:.2f}')
+    print('| size | budget | evaluation | one Q x G product | ratio | added peak memory |')
+    print('| --- | --- | --- | --- | --- | --- |')
+    print(f'| {args.queries:,} x {args.gallery:,}, dim {args.dim} | {args.budget:g} GiB | '
+          f'{ev["seconds"]:.1f} s | {floor["seconds"]:.1f} s | '
+          f'{ev["seconds"] / floor["seconds"]:.2f}x | {ev["added_gib"]:.2f} GiB |')
+
+
+if __name__ == '__main__':
+    main()
