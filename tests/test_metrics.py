@@ -279,3 +279,18 @@ def test_the_log_says_how_many_queries_were_skipped():
     lines = [r.getMessage() for r in records]
     assert f'{result.skipped_queries} of 8 queries have no valid match in the gallery: left out ' \
            'of the figures above' in lines
+
+
+def test_a_distance_matrix_save_that_fails_leaves_no_debris(tmp_path, monkeypatch):
+    from utils.metrics import save_distmat
+    path = save_distmat(np.ones((2, 3), np.float32), str(tmp_path / 'dist'))
+    before = open(path, 'rb').read()
+
+    def broken_save(f, array):
+        f.write(b'half a matrix')
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(np, 'save', broken_save)
+    with pytest.raises(ReIDError, match='no space left'):
+        save_distmat(np.zeros((2, 3), np.float32), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['dist.npy']
+    assert open(path, 'rb').read() == before

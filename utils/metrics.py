@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as du
+from .atomic import atomic_write
 from .atrw import ATRW_MODES, evaluate_atrw, load_annotation
 from .distance import METRICS, as_tensor, matrix_chunks
 from .errors import ReIDError
@@ -183,11 +184,8 @@ class R1_mAP_eval:
 def save_distmat(distmat, path):
     """np.save to path (.npy added if missing), written atomically."""
     path = path if path.endswith('.npy') else path + '.npy'
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'wb') as f:
+    with atomic_write(path) as f:
         np.save(f, distmat)
-    os.replace(tmp, path)
     return path
 
 
