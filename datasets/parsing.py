@@ -77,10 +77,13 @@ def read_list(path):
     """(line number, fields) for each non-blank line of a whitespace-separated list file."""
     require_file(path)
     with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if fields:
-                yield lineno, fields
+        try:
+            for lineno, line in enumerate(f, 1):
+                fields = line.split()
+                if fields:
+                    yield lineno, fields
+        except UnicodeDecodeError as err:
+            raise ReIDError(f'{path} is not a text list file: {err}') from None
 
 
 def parse_int(text, path, lineno, what):

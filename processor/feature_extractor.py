@@ -13,6 +13,16 @@ SIE models (MODEL.SIE_CAMERA / SIE_VIEW) add a camera / view embedding that need
 pass `camids` / `viewids` (0-based, as the dataset lists them) to get exactly the test
 scripts' features. Without them the embedding is left out (one warning): such features
 compare with each other, as all images are treated alike, but differ from the test scripts'.
+
+A picture is given as an image path, a PIL image, a numpy array H x W x C (channels last,
+as PIL and OpenCV-converted-to-RGB give them) or a torch tensor C x H x W (channels first,
+as torchvision's to_tensor gives them), C being 3 (RGB) or 1 (grey). Array and tensor pixels
+are uint8 in 0..255, or float in 0..1, which is rounded to the nearest of the 256 levels:
+the test transform works on 8-bit images, as the test scripts read them from files, so the
+same picture gives the same feature in every form. Other dtypes, and float values outside
+0..1 or NaN, stop with an error. A 4-D array (N x H x W x C) or tensor (N x C x H x W) is a
+batch of N pictures: one feature each. Features that are not finite (a diverged model) stop
+with an error naming the first pictures.
 """
 import functools
 import logging
@@ -22,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms.functional import to_pil_image
 
 from config import load_config
 from datasets import build_transforms, init_dataset, read_image
@@ -30,28 +39,64 @@ from datasets.make_dataloader import dataset_kwargs, num_workers
 from model import make_model
 from model.checkpoint import checkpoint_identities, load_into, read_trained
 from utils.errors import ReIDError
+from utils.finite import check_finite
 from utils.metrics import wants_feat_norm
 from utils.runtime import wants_cuda
 
 logger = logging.getLogger('reid')
 
 
-def to_pil(image):
-    """An RGB PIL image from a path, a PIL image, an HxW(x3) array (uint8, or float in 0..1)
-    or a 3xHxW tensor (uint8, or float in 0..1)."""
-    if isinstance(image, (str, bytes)) or hasattr(image, '__fspath__'):
+def _is_path(image):
+    return isinstance(image, (str, bytes)) or hasattr(image, '__fspath__')
+
+
+def _pixels(image, name):
+    """An H x W (x 1 or 3) numpy array of one picture given as an array or a tensor."""
+    if torch.is_tensor(image):
+        image = image.detach().cpu()
+        if image.dim() == 3 and image.shape[0] in (1, 3):
+            image = image.permute(1, 2, 0)
+        elif image.dim() != 2:
+            raise ReIDError(f'{name}: an image tensor is C x H x W with C 1 or 3 (a batch '
+                            f'N x C x H x W), got shape {tuple(image.shape)}')
+        return (image.float() if image.is_floating_point() else image).numpy()
+    if image.ndim == 2 or image.ndim == 3 and image.shape[2] in (1, 3):
+        return image
+    raise ReIDError(f'{name}: an image array is H x W x C with C 1 or 3 (a batch N x H x W x C), '
+                    f'got shape {image.shape}')
+
+
+def _to_uint8(pixels, name):
+    """uint8 pixels as they are; float pixels, which must lie in 0..1, rounded to 0..255."""
+    if pixels.size == 0:
+        raise ReIDError(f'{name}: the image is empty (shape {pixels.shape})')
+    if pixels.dtype == np.uint8:
+        return pixels
+    if not np.issubdtype(pixels.dtype, np.floating):
+        raise ReIDError(f'{name}: pixel values must be uint8 (0..255) or float (0..1), not '
+                        f'{pixels.dtype}')
+    nan = int(np.isnan(pixels).sum())
+    if nan:
+        raise ReIDError(f'{name}: {nan} float pixel values are NaN (they must lie in 0..1)')
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < 0 or high > 1:
+        raise ReIDError(f'{name}: float pixel values must lie in 0..1, got {low:.6g}..'
+                        f'{high:.6g} (divide 0..255 values by 255, or pass them as uint8)')
+    return np.round(pixels.astype(np.float64) * 255).astype(np.uint8)
+
+
+def to_pil(image, name='image'):
+    """An RGB PIL image from one picture in any of the forms the module docstring lists;
+    `name` says which picture in error messages."""
+    if _is_path(image):
         return read_image(image)
     if isinstance(image, Image.Image):
         return image.convert('RGB')
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            image = np.clip(np.round(image * 255), 0, 255).astype(np.uint8)
-        return Image.fromarray(image).convert('RGB')
-    if torch.is_tensor(image):
-        if image.dim() != 3:
-            raise ReIDError(f'an image tensor must be 3 x H x W, got shape {tuple(image.shape)}')
-        return to_pil_image(image.cpu()).convert('RGB')
-    raise ReIDError(f'cannot read an image from a {type(image).__name__}')
+    if not (torch.is_tensor(image) or isinstance(image, np.ndarray)):
+        raise ReIDError(f'{name}: cannot read an image from a {type(image).__name__}')
+    pixels = _to_uint8(_pixels(image, name), name)
+    return Image.fromarray(pixels[:, :, 0] if pixels.ndim == 3 and pixels.shape[2] == 1
+                           else pixels).convert('RGB')
 
 
 class _Images(Dataset):
@@ -62,10 +107,12 @@ class _Images(Dataset):
         return len(self.images)
 
     def __getitem__(self, index):
-        return self.transform(to_pil(self.images[index]))
+        return self.transform(to_pil(self.images[index], f'image {index}'))
 
 
 def _as_list(images):
+    """The pictures of a call: a list, a batch (N x C x H x W tensor, N x H x W x C array),
+    or one picture."""
     if torch.is_tensor(images) and images.dim() == 4:
         return list(images)
     if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -76,10 +123,10 @@ def _as_list(images):
 
 
 class FeatureExtractor:
-    """Call it on images (paths, PIL images, arrays, tensors; one or a list) to get a
-    [N, D] float32 CPU tensor of features, L2-normalised (TEST.FEAT_NORM yes, every shipped
-    config). `weight` '' or None takes TEST.WEIGHT of the config / opts; `device` None takes
-    MODEL.DEVICE (the CPU when no GPU is present)."""
+    """Call it on images (paths, PIL images, arrays, tensors; one, a list or a 4-D batch; see
+    the module docstring) to get a [N, D] float32 CPU tensor of features, L2-normalised
+    (TEST.FEAT_NORM yes, every shipped config). `weight` '' or None takes TEST.WEIGHT of the
+    config / opts; `device` None takes MODEL.DEVICE (the CPU when no GPU is present)."""
 
     def __init__(self, config_file, weight=None, opts=(), device=None):
         cfg, state_dict = read_trained(load_config(config_file, list(opts)), weight)
@@ -162,4 +209,6 @@ class FeatureExtractor:
                                         view_label=view).float().cpu())
             start = end
         feats = torch.cat(feats) if feats else torch.zeros(0, self.feature_dim)
+        check_finite(('images', feats, [str(image) if _is_path(image) else f'image {i}'
+                                        for i, image in enumerate(images)]))
         return F.normalize(feats, dim=1) if self.normalises else feats

@@ -12,6 +12,7 @@ import torch
 from utils.atomic import atomic_write
 from utils.distance import distance_chunks
 from utils.errors import ReIDError
+from utils.finite import check_finite
 
 
 @dataclass
@@ -39,29 +40,74 @@ def save_gallery(path, features, images, extractor):
 
 
 def load_gallery(path):
+    """The Gallery saved at path; a ReIDError naming the file when it cannot be read, is not
+    a features file, or holds features that are not finite."""
     try:
         with np.load(path) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as err:
+    except OSError as err:
         raise ReIDError(f'cannot read features file {path}: {err}') from None
+    except Exception as err:  # noqa: BLE001 - a damaged file raises BadZipFile, EOFError,
+        # zlib.error, ValueError, tokenize.TokenError...: all mean the same to the user
+        raise ReIDError(f'cannot read features file {path} (damaged or not an .npz of '
+                        f'tools/extract_features.py): {type(err).__name__}: {err}') from None
     if 'features' not in arrays or 'paths' not in arrays:
         raise ReIDError(f'{path} is not a features file of tools/extract_features.py '
                         '(no features / paths)')
-    return Gallery(arrays['features'].astype(np.float32), [str(p) for p in arrays['paths']],
-                   arrays.get('pids'), arrays.get('camids'), str(arrays.get('weight', '')))
+    features, paths = arrays['features'], arrays['paths']
+    labels = [arrays[k] for k in ('pids', 'camids') if k in arrays]
+    if features.ndim != 2 or not np.issubdtype(features.dtype, np.floating) or \
+            any(a.shape != (len(features),) for a in [paths, *labels]):
+        raise ReIDError(f'{path} is damaged: features {features.dtype} {features.shape} for '
+                        f'{paths.shape} paths (expected float [N, D], and N paths, pids, camids)')
+    paths = [str(p) for p in paths]
+    try:
+        check_finite(('gallery', features, paths))
+    except ReIDError as err:
+        raise ReIDError(f'{path}: {err}') from None
+    return Gallery(features.astype(np.float32), paths, arrays.get('pids'), arrays.get('camids'),
+                   str(arrays.get('weight', '')))
 
 
-def search(query, gallery, metric='euclidean', topk=10, exclude=None):
+def _sort_keys(dist):
+    """int64 keys ordered as (distance, gallery index), unique within a row: topk over them
+    ranks ties by gallery index, as evaluation's stable sort does. The float32 bits of a
+    distance, read as int32, order as the values once the negative ones have their other
+    bits flipped; -0.0 becomes +0.0 first (an equal distance)."""
+    bits = (dist + 0.0).view(torch.int32)
+    bits ^= (bits >> 31).bitwise_and_(0x7FFFFFFF)
+    index = torch.arange(dist.shape[1], device=dist.device)
+    return bits.to(torch.int64).mul_(1 << 32).add_(index)
+
+
+def search(query, gallery, metric='euclidean', topk=10, exclude=None, rows=None):
     """(indices [Q, k], distances [Q, k]) of the k nearest gallery features of each query by
-    TEST.DISTANCE `metric` ('euclidean' is squared, as in evaluation). exclude: [Q, G] bool
-    of entries to skip (e.g. the query image itself); they rank last, at distance inf."""
+    TEST.DISTANCE `metric` ('euclidean' is squared, as in evaluation), nearest first, ties
+    by gallery index (as evaluation ranks); k is topk, at most G.
+
+    exclude: (query rows, gallery columns), two integer sequences naming the pairs to skip
+    (e.g. the query image itself); they rank last, at distance inf. rows: query rows per
+    chunk (None: about utils.distance.CHUNK_ELEMENTS distances; rounded up to a multiple of
+    utils.distance.BLOCK, the blocks evaluation computes distances in). A chunk holds its
+    rows x G float32 distances and, while it is ranked, their int64 sort keys (up to
+    16 more bytes per distance with the temporaries).
+    """
     q = torch.as_tensor(np.asarray(query), dtype=torch.float32)
     g = torch.as_tensor(np.asarray(gallery), dtype=torch.float32)
     if q.shape[1] != g.shape[1]:
         raise ReIDError(f'query features have {q.shape[1]} dimensions, the gallery\'s '
                         f'{g.shape[1]}: they come from different models')
-    dist = torch.cat([chunk for _, _, chunk in distance_chunks(q, g, metric)])  # as evaluation
-    if exclude is not None:
-        dist[torch.as_tensor(exclude)] = float('inf')
-    order = torch.argsort(dist, dim=1, stable=True)[:, :topk]  # ties as in evaluation
-    return order.numpy(), torch.gather(dist, 1, order).numpy()
+    if topk < 1:
+        raise ReIDError(f'the number of gallery images to list must be at least 1, not {topk}')
+    check_finite(('query', q, None), ('gallery', g, None))
+    k = min(topk, g.shape[0])
+    skip_q, skip_g = (torch.as_tensor(np.asarray(e, dtype=np.int64)).reshape(-1)
+                      for e in (exclude if exclude is not None else ([], [])))
+    order, dist = torch.zeros(len(q), k, dtype=torch.int64), torch.zeros(len(q), k)
+    for start, end, chunk in distance_chunks(q, g, metric, rows=rows, reuse=True):  # as evaluation
+        here = (skip_q >= start) & (skip_q < end)
+        chunk[skip_q[here] - start, skip_g[here]] = float('inf')
+        nearest = _sort_keys(chunk).topk(k, dim=1, largest=False).values & 0xFFFFFFFF
+        order[start:end] = nearest.cpu()
+        dist[start:end] = torch.gather(chunk, 1, nearest).cpu()
+    return order.numpy(), dist.numpy()

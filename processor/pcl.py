@@ -6,6 +6,7 @@ from loss import ClusterMemory, compute_centroids, make_loss
 from loss.cluster_memory import MEMORY_UPDATES
 from utils import distributed as du
 from utils.errors import ReIDError
+from utils.finite import check_finite
 
 from .engine import EpochBatches, Trainer
 from .inference import extract_features
@@ -41,12 +42,15 @@ class PCLTrainer(Trainer):
 
     def train_features(self):
         """(features, pids) of the training set in order: test transform, eval mode, the
-        BN-neck features the loss sees, without SIE labels (as upstream)."""
+        BN-neck features the loss sees, without SIE labels (as upstream). Features that are
+        not finite stop the run on every rank (each holds the whole set), naming the images."""
         net = self.net
         net.eval()
         feats, pids = extract_features(self.cfg, lambda x, c, v: net.memory_features(x),
                                        self.data.train_eval_loader, self.runtime, desc='memory')
         net.train()
+        paths = [record[0] for record in self.data.dataset.train]  # the loader's order
+        check_finite(('train', feats, paths if len(paths) == len(feats) else None))
         return feats, pids
 
     def make_memory(self, feats, labels, num_classes, memory_type=None):

@@ -22,7 +22,7 @@ from config import is_config_key, make_parser, parse_args  # noqa: E402
 from datasets.image_lists import ImageList, read_images  # noqa: E402
 from processor import FeatureExtractor  # noqa: E402
 from processor.gallery import Gallery, load_gallery, search  # noqa: E402
-from utils.errors import cli_main  # noqa: E402
+from utils.errors import ReIDError, cli_main  # noqa: E402
 from utils.logger import setup_logger  # noqa: E402
 from utils.visualize import MATCH, MISS, NEUTRAL, draw_rank_list, labels  # noqa: E402
 
@@ -38,6 +38,10 @@ def read_queries(sources):
 def make_gallery(source, extractor, logger):
     if source.endswith('.npz'):
         gallery = load_gallery(source)
+        if gallery.features.shape[1] != extractor.feature_dim:
+            raise ReIDError(f'{source} holds features of size {gallery.features.shape[1]}; the '
+                            f'model {extractor.weight} makes features of size '
+                            f'{extractor.feature_dim}: the gallery comes from another model')
         if gallery.weight and os.path.abspath(gallery.weight) != os.path.abspath(extractor.weight):
             logger.warning('the gallery features were made with %s, the queries with %s: they '
                            'compare only if both are the same model', gallery.weight,
@@ -46,6 +50,18 @@ def make_gallery(source, extractor, logger):
     images = read_images(source)
     features = extractor(images.paths, images.camids, images.viewids).numpy()
     return Gallery(features, images.paths, images.pids, images.camids, extractor.weight)
+
+
+def same_files(query_paths, gallery_paths):
+    """(query rows, gallery columns) of the pairs that are one file: never a match."""
+    where, rows, cols = {}, [], []
+    for j, path in enumerate(gallery_paths):
+        where.setdefault(os.path.realpath(path), []).append(j)
+    for i, path in enumerate(query_paths):
+        for j in where.get(os.path.realpath(path), ()):
+            rows.append(i)
+            cols.append(j)
+    return rows, cols
 
 
 def label(values, i):
@@ -59,6 +75,8 @@ def main():
     parser.add_argument('--topk', type=int, default=10, help='gallery images shown per query')
     parser.add_argument('--output', default='', help='folder for rank-list pictures')
     args = parse_args('', parser=parser)
+    if args.topk < 1:
+        raise ReIDError(f'--topk must be at least 1, not {args.topk}')
     keys = [i for i, token in enumerate(args.query) if is_config_key(token)]
     if keys:  # overrides written right after the query images
         args.query, args.opts = args.query[:keys[0]], args.query[keys[0]:] + args.opts
@@ -67,9 +85,8 @@ def main():
     queries = read_queries(args.query)
     gallery = make_gallery(args.gallery, extractor, logger)
     q_feats = extractor(queries.paths, queries.camids, queries.viewids).numpy()
-    gallery_files = np.array([os.path.realpath(g) for g in gallery.paths])
-    same = np.array([gallery_files == os.path.realpath(q) for q in queries.paths])
-    order, dist = search(q_feats, gallery.features, extractor.cfg.TEST.DISTANCE, args.topk, same)
+    order, dist = search(q_feats, gallery.features, extractor.cfg.TEST.DISTANCE, args.topk,
+                         same_files(queries.paths, gallery.paths))
     ranked = [[(r, d, j) for r, (j, d) in enumerate(zip(order[q], dist[q]), 1) if np.isfinite(d)]
               for q in range(len(queries))]
     for q, path in enumerate(queries.paths):

@@ -13,17 +13,20 @@ import torch
 import torch.nn.functional as F
 
 from .distance import as_tensor
+from .finite import check_finite
 from .reranking import KReciprocal
 
 _CHUNK_ELEMENTS = 1 << 22  # Jaccard distances held at once (16 MiB)
 
 
-def jaccard_neighbours(features, k1=30, k2=6, eps=0.6, rows=None):
+def jaccard_neighbours(features, k1=30, k2=6, eps=0.6, rows=None, paths=None):
     """CSR [N, N] float32 of the Jaccard distances <= eps (the diagonal included).
 
-    features: [N, D] tensor or array (normalised here). rows: rows per chunk (default: about
-    4M distances per chunk).
+    features: [N, D] tensor or array (normalised here), all finite (else a ReIDError naming
+    the first of `paths`, or their rows). rows: rows per chunk (default: about 4M distances
+    per chunk).
     """
+    check_finite(('train', features, paths))
     feats = F.normalize(as_tensor(features), dim=1)
     n = feats.shape[0]
     kr = KReciprocal(feats, None, k1, k2, lambda_value=0.0, dist='euclidean')
@@ -58,9 +61,11 @@ def dbscan_labels(neighbours, eps, min_samples):
         neighbours).astype(np.int64)
 
 
-def cluster_features(features, k1=30, k2=6, eps=0.6, min_samples=4):
-    """Pseudo-labels 0..C-1 of the features, -1 for DBSCAN's outliers."""
-    return dbscan_labels(jaccard_neighbours(features, k1, k2, eps), eps, min_samples)
+def cluster_features(features, k1=30, k2=6, eps=0.6, min_samples=4, paths=None):
+    """Pseudo-labels 0..C-1 of the features, -1 for DBSCAN's outliers; features that are not
+    finite stop with a ReIDError naming the first of `paths` (or their rows)."""
+    return dbscan_labels(jaccard_neighbours(features, k1, k2, eps, paths=paths), eps,
+                         min_samples)
 
 
 def camera_proxies(labels, camids):
