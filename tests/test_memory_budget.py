@@ -12,6 +12,7 @@ from utils.errors import ReIDError
 from utils.memory import GIB, budget_bytes
 from utils.metrics import R1_mAP_eval
 from utils.protocols import DistanceSpec
+from utils.ranking import RANK_BYTES_PER_ENTRY
 from utils.reranking import re_ranking, re_ranking_sweep
 
 REPO = __file__.rsplit('/tests/', 1)[0]
@@ -42,8 +43,8 @@ def test_a_small_budget_shrinks_the_chunks_to_fit(device):
     spec = DistanceSpec().fitted(1 * GIB, g, device)
     assert spec.rows % spec.block == 0 and 1 <= spec.block < BLOCK
     assert spec.rows < chunk_rows(g, BLOCK)
-    per_entry = 4 if device == 'cpu' else 20
-    reserve = (16 * g if device == 'cpu' else 0) + 64 * g
+    per_entry = 4 if device == 'cpu' else 4 + RANK_BYTES_PER_ENTRY
+    reserve = (RANK_BYTES_PER_ENTRY * 2 ** 22 if device == 'cpu' else 0) + 64 * g
     assert spec.rows * g * per_entry + reserve <= 1 * GIB
     assert (spec.rows + spec.block) * g * per_entry + reserve > 1 * GIB  # no smaller than needed
 

@@ -70,12 +70,18 @@ class DistanceSpec:
         spec = replace(self, budget=budget)
         if self.rerank:
             return spec  # re-ranking sizes its own steps from the budget
-        on_cpu = torch.device(device).type == 'cpu'
-        # the ranking of a chunk: on the CPU in steps of a fixed size, elsewhere all at once
-        per_entry = 4 + (0 if on_cpu else RANK_BYTES_PER_ENTRY)
-        reserve = RANK_BYTES_PER_ENTRY * cpu_rank_entries(num_gallery) if on_cpu else 0
-        reserve += 64 * num_gallery  # the gallery's identity index and ignored pairs
-        rows = rows_within(budget - reserve, per_entry * max(1, num_gallery),
+        num_gallery = max(1, num_gallery)
+        budget -= 64 * num_gallery  # the gallery's identity index and ignored pairs
+        # a chunk's distances (4 bytes each) and their ranking: on the CPU in steps of a fixed
+        # size (or the chunk, when smaller), elsewhere all at once
+        per_entry, step = 4 + RANK_BYTES_PER_ENTRY, 0
+        if torch.device(device).type == 'cpu':
+            step = RANK_BYTES_PER_ENTRY * cpu_rank_entries(num_gallery)
+            if budget >= step + 4 * num_gallery:
+                per_entry = 4
+            else:
+                step = 0
+        rows = rows_within(budget - step, per_entry * num_gallery,
                            'query x gallery distances and their ranking')
         if self.rows is None and rows >= chunk_rows(num_gallery, self.block):
             return spec

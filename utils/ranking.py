@@ -23,9 +23,10 @@ from .pairs import KeyIndex, pairs_to_mask, union
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 _CPU_ELEMENTS = 1 << 22  # entries per pass on the CPU: few, large parallel operations
-# bytes a ranking pass holds per distance: two work buffers (float, int32), the bin
-# histogram and its cumulative sum (a quarter of the entries each, int64), the bin mask
-RANK_BYTES_PER_ENTRY = 16
+# bytes a ranking pass holds per distance, with some margin: two work buffers (float, int32),
+# the bin histogram and two cumulative sums (a quarter of the entries each, int64), the mask
+# of candidate bins
+RANK_BYTES_PER_ENTRY = 24
 
 
 def cpu_rank_entries(num_cols):
@@ -57,28 +58,29 @@ def sorted_match_ranks(dist, q_pids, g_pids, excluded=None):
     """The plain algorithm on a [c, G] block: (num_pos [c], ranks [sum(num_pos)]), where row
     r's kept true matches are at ranks ranks[sum(num_pos[:r]):][:num_pos[r]] (ascending).
     excluded: [c, G] bool of entries the protocol ignores, or None."""
-    c = dist.shape[0]
-    pos = g_pids[None, :] == q_pids[:, None]
+    num_rows, dev = dist.shape[0], dist.device
+    positive = g_pids[None, :] == q_pids[:, None]
     if excluded is not None:
-        pos &= ~excluded
-    num_pos = pos.sum(1)
-    m = int(num_pos.max()) if c else 0
-    if m == 0:
-        return num_pos, torch.zeros(0, dtype=torch.int64, device=dist.device)
+        positive &= ~excluded
+    num_pos = positive.sum(1)
+    most = int(num_pos.max()) if num_rows else 0  # the most matches of any row
+    if most == 0:
+        return num_pos, torch.zeros(0, dtype=torch.int64, device=dev)
     keys = order_keys(dist)
-    rows, cols = pos.nonzero(as_tuple=True)
-    slot = torch.arange(rows.numel(), device=dist.device) - (num_pos.cumsum(0) - num_pos)[rows]
-    seq = torch.full((c, m), _INT64_MAX, dtype=torch.int64, device=dist.device)
-    seq[rows, slot] = keys[rows, cols]
-    seq = seq.sort(dim=1).values
+    rows, cols = positive.nonzero(as_tuple=True)  # row-major
+    # a match's slot in its row: its index minus the index of its row's first match
+    slot = torch.arange(rows.numel(), device=dev) - (num_pos.cumsum(0) - num_pos)[rows]
+    match_keys = torch.full((num_rows, most), _INT64_MAX, dtype=torch.int64, device=dev)
+    match_keys[rows, slot] = keys[rows, cols]
+    match_keys = match_keys.sort(dim=1).values  # unused slots (max key) sort last
     # bucket b of an entry = number of matches ordered strictly before it; the kept entries
     # in buckets 0..k are exactly those ordered at or before match k: their count is its rank.
-    bucket = torch.searchsorted(seq, keys)
-    bucket += torch.arange(c, device=dist.device)[:, None] * (m + 1)
+    bucket = torch.searchsorted(match_keys, keys)
+    bucket += torch.arange(num_rows, device=dev)[:, None] * (most + 1)  # row r: own buckets
     kept = bucket[~excluded] if excluded is not None else bucket.view(-1)
-    counts = torch.bincount(kept, minlength=c * (m + 1)).view(c, m + 1)
-    ranks = counts.cumsum(1)[:, :m]
-    return num_pos, ranks[torch.arange(m, device=dist.device)[None, :] < num_pos[:, None]]
+    counts = torch.bincount(kept, minlength=num_rows * (most + 1)).view(num_rows, most + 1)
+    ranks = counts.cumsum(1)[:, :most]
+    return num_pos, ranks[torch.arange(most, device=dev)[None, :] < num_pos[:, None]]
 
 
 def _row_value_order(rows, vals):
@@ -87,46 +89,55 @@ def _row_value_order(rows, vals):
     return order[torch.sort(rows[order], stable=True).indices]
 
 
-def _count_before(dist, prow, pcol, pval, work):
-    """For each named entry (prow, pcol) with value pval of a [r, G] block: how many entries
-    of its row come before it in (value, column) order. work: (float, int32) buffers of at
-    least r * G elements, reused so that no pass over the block allocates memory."""
-    r, g = dist.shape
+def _count_before(dist, named_row, named_col, named_val, work):
+    """For each named entry (named_row, named_col), of value named_val, of a [rows, G] block:
+    how many entries of its row come before it in (value, column) order. work: (float,
+    int32) buffers of at least rows * G elements, reused so that no pass allocates memory."""
+    num_rows, num_cols = dist.shape
     dev = dist.device
-    bins = max(16, g // 4)
-    width = bins + 3  # bin 0: far below the row's matches; bins + 2: above them
-    lo = torch.full((r,), float('inf'), dtype=dist.dtype, device=dev)
-    lo = lo.scatter_reduce(0, prow, pval, 'amin')
-    hi = torch.full_like(lo, -float('inf')).scatter_reduce(0, prow, pval, 'amax')
-    lo, hi = torch.where(lo <= hi, lo, 0), torch.where(lo <= hi, hi, 0)
-    span = torch.where(hi > lo, hi - lo, torch.where(lo != 0, lo.abs(), 1))
+    bins = max(16, num_cols // 4)  # about 4 entries a bin: few to compare one by one
+    width = bins + 3  # a row's bins: 0 below its named values, 1..bins+1 across, bins+2 above
+    lowest = torch.full((num_rows,), float('inf'), dtype=dist.dtype, device=dev)
+    lowest = lowest.scatter_reduce(0, named_row, named_val, 'amin')
+    highest = torch.full_like(lowest, -float('inf')).scatter_reduce(0, named_row, named_val, 'amax')
+    has_named = lowest <= highest  # rows without a named entry get the range 0..0
+    lowest, highest = torch.where(has_named, lowest, 0), torch.where(has_named, highest, 0)
+    # the span mapped onto `bins`: positive even for a constant row (all named values equal),
+    # where it is the value's size, or 1 at 0, so that the scale below stays finite
+    span = torch.where(highest > lowest, highest - lowest,
+                       torch.where(lowest != 0, lowest.abs(), 1))
     # a monotone map of the distances to bins -1..bins+1 of their row, then shifted to the
     # row's own range (row r: r * width .. + bins + 2); the named entries' bins are read back
     # from the same tensor, so rounding cannot put an entry on the wrong side of one of them
     scale = bins / span
-    x = work[0][:r * g].view(r, g)
-    if float((lo.abs() * scale).max()) < 2 ** 20:  # d * scale is exact to well under a bin
-        torch.addcmul(-(lo * scale)[:, None], dist, scale[:, None], out=x)
+    scaled = work[0][:num_rows * num_cols].view(num_rows, num_cols)
+    if float((lowest.abs() * scale).max()) < 2 ** 20:  # d * scale is exact to well under a bin
+        torch.addcmul(-(lowest * scale)[:, None], dist, scale[:, None], out=scaled)
     else:  # subtract first: no cancellation when the distances sit far from 0
-        torch.mul(torch.sub(dist, lo[:, None], out=x), scale[:, None], out=x)
-    x.nan_to_num_(nan=float('inf')).clamp_(-1, bins + 1)  # nan: above all
-    q = work[1][:r * g].view(r, g).copy_(x)  # truncation: -1..bins+1, monotone
-    q += (torch.arange(r, device=dev, dtype=torch.int32) * width + 1)[:, None]
-    q = q.view(-1)
-    flat = prow * g + pcol
-    pbin = q[flat].long()
-    hist = torch.bincount(q, minlength=r * width)
-    below = (hist.cumsum(0) - hist)[pbin] - prow * g  # entries of the row in lower bins
-    mark = torch.zeros(r * width, dtype=torch.bool, device=dev)
-    mark[pbin] = True
-    cand = mark.index_select(0, q).nonzero().squeeze(1)  # flat, ascending; named entries included
-    cbin = q[cand]
+        torch.mul(torch.sub(dist, lowest[:, None], out=scaled), scale[:, None], out=scaled)
+    scaled.nan_to_num_(nan=float('inf')).clamp_(-1, bins + 1)  # nan: above all
+    bin_of = work[1][:num_rows * num_cols].view(num_rows, num_cols).copy_(scaled)  # truncates
+    bin_of += (torch.arange(num_rows, device=dev, dtype=torch.int32) * width + 1)[:, None]
+    bin_of = bin_of.view(-1)  # every entry's bin, rows in disjoint ranges, monotone in value
+    named_flat = named_row * num_cols + named_col
+    named_bin = bin_of[named_flat].long()
+    hist = torch.bincount(bin_of, minlength=num_rows * width)
+    # entries in lower bins of the row: the count before the named bin, less the entries of
+    # the rows before it (each row has num_cols entries, all in its own bins)
+    below = (hist.cumsum(0) - hist)[named_bin] - named_row * num_cols
+    # the candidates: every entry sharing a bin with a named entry (named ones included)
+    shares_bin = torch.zeros(num_rows * width, dtype=torch.bool, device=dev)
+    shares_bin[named_bin] = True
+    cand = shares_bin.index_select(0, bin_of).nonzero().squeeze(1)  # flat indices, ascending
+    cand_bin = bin_of[cand]
     order = torch.sort(dist.view(-1)[cand] + 0.0, stable=True).indices
-    order = order[torch.sort(cbin[order], stable=True).indices]  # by (bin, value, column)
+    order = order[torch.sort(cand_bin[order], stable=True).indices]  # by (bin, value, column)
     position = torch.empty_like(order)
     position[order] = torch.arange(order.numel(), device=dev)
-    within = position - torch.searchsorted(cbin[order], cbin)  # candidates of the bin before it
-    return below + within[torch.searchsorted(cand, flat)]
+    # the candidates of its bin ordered before a candidate: its position in that order less
+    # the position of its bin's first candidate
+    within = position - torch.searchsorted(cand_bin[order], cand_bin)
+    return below + within[torch.searchsorted(cand, named_flat)]  # named entries are candidates
 
 
 def match_ranks(dist, q_pids, g_index, excluded=None):
@@ -136,47 +147,51 @@ def match_ranks(dist, q_pids, g_index, excluded=None):
     cols) pairs of entries the protocol ignores, or None. Returns (num_pos [c], ranks
     [sum(num_pos)]) as sorted_match_ranks does.
     """
-    c, g = dist.shape
+    num_rows, num_cols = dist.shape
     dev = dist.device
     if dist.dtype not in (torch.float32, torch.float64):
         dist = dist.float()
     dist = dist.contiguous()
+    # the named entries: same identity or ignored, as row-major (rows, cols) pairs
     same = g_index.pairs(q_pids)
     if excluded is not None and excluded[0].numel():
-        rows, cols = union(same, excluded, num_cols=g)
-        flat = rows * g + cols
-        is_excl = torch.isin(flat, excluded[0] * g + excluded[1])
-        is_pos = torch.isin(flat, same[0] * g + same[1]) & ~is_excl
+        rows, cols = union(same, excluded, num_cols=num_cols)
+        flat = rows * num_cols + cols
+        is_excl = torch.isin(flat, excluded[0] * num_cols + excluded[1])
+        is_pos = torch.isin(flat, same[0] * num_cols + same[1]) & ~is_excl
     else:
         rows, cols = same
         is_excl = torch.zeros(rows.numel(), dtype=torch.bool, device=dev)
         is_pos = ~is_excl
-    num_pos = torch.bincount(rows[is_pos], minlength=c)
-    pos_idx = is_pos.nonzero().squeeze(1)
+    num_pos = torch.bincount(rows[is_pos], minlength=num_rows)
+    pos_idx = is_pos.nonzero().squeeze(1)  # the kept matches among the named pairs, ascending
     if pos_idx.numel() == 0:
         return num_pos, torch.zeros(0, dtype=torch.int64, device=dev)
     vals = dist[rows, cols] + 0.0
     if not torch.isfinite(vals[pos_idx]).all():
-        mask = pairs_to_mask(excluded, c, g) if excluded is not None else None
+        mask = pairs_to_mask(excluded, num_rows, num_cols) if excluded is not None else None
         return sorted_match_ranks(dist, q_pids, g_index.keys, mask)
     before = torch.empty(pos_idx.numel(), dtype=torch.int64, device=dev)
-    prow = rows[pos_idx]
-    step = min(c, max(1, _CPU_ELEMENTS // max(g, 1))) if dev.type == 'cpu' else c
-    work = (torch.empty(step * g, dtype=dist.dtype, device=dev),
-            torch.empty(step * g, dtype=torch.int32, device=dev))
-    bounds = torch.searchsorted(prow, torch.arange(0, c + step, step, device=dev)).tolist()
-    for r0, lo, hi in zip(range(0, c, step), bounds[:-1], bounds[1:]):
-        if hi > lo:
-            sel = pos_idx[lo:hi]
-            before[lo:hi] = _count_before(dist[r0:r0 + step], rows[sel] - r0, cols[sel], vals[sel], work)
+    pos_row = rows[pos_idx]  # ascending: pairs are row-major
+    step = min(num_rows, max(1, _CPU_ELEMENTS // max(num_cols, 1))) if dev.type == 'cpu' else num_rows
+    work = (torch.empty(step * num_cols, dtype=dist.dtype, device=dev),
+            torch.empty(step * num_cols, dtype=torch.int32, device=dev))
+    # the kept matches of rows first..first+step are pos_idx[start:end]
+    bounds = torch.searchsorted(pos_row, torch.arange(0, num_rows + step, step, device=dev)).tolist()
+    for first, start, end in zip(range(0, num_rows, step), bounds[:-1], bounds[1:]):
+        if end > start:
+            sel = pos_idx[start:end]
+            before[start:end] = _count_before(dist[first:first + step], rows[sel] - first,
+                                              cols[sel], vals[sel], work)
     # kept entries before a match = all entries before it - ignored entries before it
     order = _row_value_order(rows, vals)
     excl = is_excl[order].long()
-    excl_before = excl.cumsum(0) - excl
+    excl_before = excl.cumsum(0) - excl  # ignored pairs before each, over all rows so far
     row_sorted = rows[order]
+    # subtract the count at the row's start (searchsorted: the first pair of each row)
     excl_before -= excl_before[torch.searchsorted(row_sorted, row_sorted)]
     keep = is_pos[order]
-    which = torch.searchsorted(pos_idx, order[keep])
+    which = torch.searchsorted(pos_idx, order[keep])  # where each match's `before` is
     return num_pos, before[which] - excl_before[keep] + 1
 
 

@@ -45,9 +45,10 @@ def _row_sums(rows, values, n):
     """float32 sum of each row's values, added one by one in their order (rows sorted): the
     same bits on every device and in every run, unlike an index_add_ with repeated rows."""
     counts = torch.bincount(rows, minlength=n)
+    # a value's slot in its row: its index less the index of the row's first value
     slot = torch.arange(rows.numel(), device=rows.device) - (counts.cumsum(0) - counts)[rows]
     by_slot = torch.zeros(int(counts.max()) if rows.numel() else 0, n, device=values.device)
-    by_slot[slot, rows] = values
+    by_slot[slot, rows] = values  # column r holds row r's values in order, then zeros
     total = torch.zeros(n, device=values.device)
     for column in by_slot:
         total += column
@@ -101,28 +102,30 @@ class KReciprocal:
     # -- k-reciprocal encoding -----------------------------------------------------------
     def _reciprocal(self, k, start, end):
         """[end-start, k] bool: rank[i, t] has i among its own k nearest."""
-        fwd = self.rank[start:end, :k]
-        back = self.rank[fwd, :k]
-        own = torch.arange(start, end, device=fwd.device)[:, None, None]
-        return (back == own).any(2)
+        forward = self.rank[start:end, :k]
+        backward = self.rank[forward, :k]  # [rows, k, k]: the k nearest of each neighbour
+        own = torch.arange(start, end, device=forward.device)[:, None, None]
+        return (backward == own).any(2)
 
     def _expansion(self, start, end, half_mask):
         """(rows, cols) of the expanded k-reciprocal sets of rows start..end."""
-        cand = self.rank[start:end]
-        c, kf = cand.shape
+        cand = self.rank[start:end]  # [rows, kf] each row's forward neighbours
+        num_rows, kf = cand.shape
         in_k = self._reciprocal(self.kf, start, end)
-        half = self.rank[cand, :self.kh]  # [c, kf, kh] half-size neighbours of each candidate
-        half_ok = half_mask[cand]  # [c, kf, kh] which of them are half-reciprocal
-        members = torch.where(in_k, cand, -1).sort(1).values  # the k-reciprocal set, sorted
-        at = torch.searchsorted(members, half.reshape(c, -1)).clamp_(max=kf - 1)
-        shared = (members.gather(1, at) == half.reshape(c, -1)).view_as(half)
+        half = self.rank[cand, :self.kh]  # [rows, kf, kh] half-size neighbours of each candidate
+        half_ok = half_mask[cand]  # [rows, kf, kh] which of them are half-reciprocal
+        # the k-reciprocal set, sorted, non-members as -1 in front: a searchsorted finds a
+        # member where it is, and anything else lands on a different value
+        members = torch.where(in_k, cand, -1).sort(1).values
+        at = torch.searchsorted(members, half.reshape(num_rows, -1)).clamp_(max=kf - 1)
+        shared = (members.gather(1, at) == half.reshape(num_rows, -1)).view_as(half)
         size = half_ok.sum(2)
         # upstream: len(intersect) > 2/3 * len(candidate set), in integers
         accept = in_k & (3 * (shared & half_ok).sum(2) > 2 * size)
         own = torch.arange(start, end, device=cand.device)
-        rows = torch.cat([own[:, None].expand_as(cand)[in_k],
-                          own[:, None, None].expand_as(half)[accept[..., None] & half_ok]])
-        cols = torch.cat([cand[in_k], half[accept[..., None] & half_ok]])
+        added = accept[..., None] & half_ok  # the half-reciprocal sets of accepted candidates
+        rows = torch.cat([own[:, None].expand_as(cand)[in_k], own[:, None, None].expand_as(half)[added]])
+        cols = torch.cat([cand[in_k], half[added]])
         return rows, cols
 
     def _encode(self):
@@ -138,14 +141,16 @@ class KReciprocal:
         keys = torch.cat(keys)  # sorted: each chunk sorted, chunks in row order
         rows, cols = keys // self.n, keys % self.n
         dist = torch.empty(keys.numel(), device=keys.device)
-        for p in range(0, keys.numel(), _PAIRS):
-            i, j = rows[p:p + _PAIRS], cols[p:p + _PAIRS]
-            listed = self.rank[i] == j[:, None]  # most members are among i's own neighbours
+        for first in range(0, keys.numel(), _PAIRS):
+            row, col = rows[first:first + _PAIRS], cols[first:first + _PAIRS]
+            listed = self.rank[row] == col[:, None]  # most members are among the row's neighbours
             found = listed.any(1)
-            dist[p:p + _PAIRS] = self.dist[i].gather(1, listed.int().argmax(1, keepdim=True))[:, 0]
+            # argmax of a bool row: the column of its one True (0 when none: fixed below)
+            at = listed.int().argmax(1, keepdim=True)
+            dist[first:first + _PAIRS] = self.dist[row].gather(1, at)[:, 0]
             if not found.all():
                 lost = (~found).nonzero().squeeze(1)
-                dist[p + lost] = self.stacked.pair_distances(i[lost], j[lost])
+                dist[first + lost] = self.stacked.pair_distances(row[lost], col[lost])
         weight = torch.exp(-dist / self.rowmax[rows])
         return rows, cols, (weight / _row_sums(rows, weight, self.n)[rows]).half().float()
 
@@ -193,8 +198,9 @@ class KReciprocal:
         gal_start = self.stacked.gal_start
         first = int(self.crow[gal_start])  # CSR rows are in order: the gallery's entries follow
         cols = self.col[first:]
-        order = torch.sort(cols, stable=True).indices
+        order = torch.sort(cols, stable=True).indices  # by column; rows ascending within one
         counts = self.crow[gal_start + 1:] - self.crow[gal_start:-1]
+        # the gallery row of each entry, counted from the first gallery row
         rows = torch.repeat_interleave(torch.arange(counts.numel(), device=cols.device), counts)
         self.g_rows = rows[order]
         self.g_vals = self.val[first:][order].half()
@@ -212,32 +218,34 @@ class KReciprocal:
         (i, j, k) terms are listed at once, grouped by step; a step adds one slice of them
         (float16 adds compute in float32 and round, as numpy's do).
         """
-        g = self.stacked.n - self.stacked.gal_start
+        num_gallery = self.stacked.n - self.stacked.gal_start
         dev = self.val.device
-        acc = torch.zeros((end - start) * g, dtype=torch.float16, device=dev)
-        first = self.crow[start:end]
-        ent, row = expand(first, self.crow[start + 1:end + 1] - first)
-        if ent.numel() == 0:
-            return acc.view(end - start, g)
-        step = ent - first[row]
+        acc = torch.zeros((end - start) * num_gallery, dtype=torch.float16, device=dev)
+        row_start = self.crow[start:end]
+        entry, row = expand(row_start, self.crow[start + 1:end + 1] - row_start)
+        if entry.numel() == 0:
+            return acc.view(end - start, num_gallery)
+        step = entry - row_start[row]  # an entry's place in its row: the step that adds it
         order = torch.sort(step, stable=True).indices
-        ent, row, step = ent[order], row[order], step[order]
-        k = self.col[ent]
-        lengths = self.g_ptr[k + 1] - self.g_ptr[k]
+        entry, row, step = entry[order], row[order], step[order]
+        column = self.col[entry]
+        lengths = self.g_ptr[column + 1] - self.g_ptr[column]  # gallery rows holding the column
         total = int(lengths.sum())
-        which = torch.repeat_interleave(torch.arange(ent.numel(), device=dev), lengths,
-                                        output_size=total)
-        held = (self.g_ptr[k] - (lengths.cumsum(0) - lengths)).index_select(0, which)
-        held += torch.arange(total, device=dev)  # the gallery rows holding column k, in turn
-        flat = (row * g).index_select(0, which) + self.g_rows.index_select(0, held)
-        terms = torch.minimum(self.val[ent].half().index_select(0, which),
+        # one term per (entry, gallery row holding its column): `source` is the entry, `held`
+        # the place of that gallery row in g_rows (the column's first place, then on in turn)
+        source = torch.repeat_interleave(torch.arange(entry.numel(), device=dev), lengths,
+                                         output_size=total)
+        held = (self.g_ptr[column] - (lengths.cumsum(0) - lengths)).index_select(0, source)
+        held += torch.arange(total, device=dev)
+        flat = (row * num_gallery).index_select(0, source) + self.g_rows.index_select(0, held)
+        terms = torch.minimum(self.val[entry].half().index_select(0, source),
                               self.g_vals.index_select(0, held))
         per_step = torch.zeros(int(step[-1]) + 1, dtype=torch.int64, device=dev)
         bounds = [0] + per_step.index_add_(0, step, lengths).cumsum(0).tolist()
-        for a, b in zip(bounds[:-1], bounds[1:]):  # indices unique within a step
-            f = flat[a:b]
-            acc.index_copy_(0, f, acc.index_select(0, f) + terms[a:b])
-        return acc.view(end - start, g)
+        for a, b in zip(bounds[:-1], bounds[1:]):  # targets are unique within a step
+            target = flat[a:b]
+            acc.index_copy_(0, target, acc.index_select(0, target) + terms[a:b])
+        return acc.view(end - start, num_gallery)
 
     def _jaccard(self, start, end):
         t = self.overlap(start, end)
