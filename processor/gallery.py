@@ -10,9 +10,11 @@ import numpy as np
 import torch
 
 from utils.atomic import atomic_write
-from utils.distance import distance_chunks
+from utils.distance import BLOCK, chunk_rows, distance_chunks
 from utils.errors import ReIDError
 from utils.finite import check_finite
+from utils.memory import rows_within
+from utils.ranking import ORDER_KEY_BYTES, order_keys
 
 
 @dataclass
@@ -69,18 +71,8 @@ def load_gallery(path):
                    str(arrays.get('weight', '')))
 
 
-def _sort_keys(dist):
-    """int64 keys ordered as (distance, gallery index), unique within a row: topk over them
-    ranks ties by gallery index, as evaluation's stable sort does. The float32 bits of a
-    distance, read as int32, order as the values once the negative ones have their other
-    bits flipped; -0.0 becomes +0.0 first (an equal distance)."""
-    bits = (dist + 0.0).view(torch.int32)
-    bits ^= (bits >> 31).bitwise_and_(0x7FFFFFFF)
-    index = torch.arange(dist.shape[1], device=dist.device)
-    return bits.to(torch.int64).mul_(1 << 32).add_(index)
-
-
-def search(query, gallery, metric='euclidean', topk=10, exclude=None, rows=None):
+def search(query, gallery, metric='euclidean', topk=10, exclude=None, rows=None,
+           memory_budget=None):
     """(indices [Q, k], distances [Q, k]) of the k nearest gallery features of each query by
     TEST.DISTANCE `metric` ('euclidean' is squared, as in evaluation), nearest first, ties
     by gallery index (as evaluation ranks); k is topk, at most G.
@@ -89,8 +81,9 @@ def search(query, gallery, metric='euclidean', topk=10, exclude=None, rows=None)
     (e.g. the query image itself); they rank last, at distance inf. rows: query rows per
     chunk (None: about utils.distance.CHUNK_ELEMENTS distances; rounded up to a multiple of
     utils.distance.BLOCK, the blocks evaluation computes distances in). A chunk holds its
-    rows x G float32 distances and, while it is ranked, their int64 sort keys (up to
-    16 more bytes per distance with the temporaries).
+    rows x G float32 distances and, while it is ranked, their int64 sort keys (16 more
+    bytes per distance with the temporaries). memory_budget: bytes the chunks may take; fewer
+    rows per chunk (and per matrix product) when the default ones do not fit.
     """
     q = torch.as_tensor(np.asarray(query), dtype=torch.float32)
     g = torch.as_tensor(np.asarray(gallery), dtype=torch.float32)
@@ -104,10 +97,17 @@ def search(query, gallery, metric='euclidean', topk=10, exclude=None, rows=None)
     skip_q, skip_g = (torch.as_tensor(np.asarray(e, dtype=np.int64)).reshape(-1)
                       for e in (exclude if exclude is not None else ([], [])))
     order, dist = torch.zeros(len(q), k, dtype=torch.int64), torch.zeros(len(q), k)
-    for start, end, chunk in distance_chunks(q, g, metric, rows=rows, reuse=True):  # as evaluation
+    block = BLOCK
+    if memory_budget is not None:
+        fit = rows_within(memory_budget - 2 * order.nbytes, (4 + ORDER_KEY_BYTES) * len(g),
+                          'query x gallery distances and their sort keys')
+        rows = min(rows or chunk_rows(len(g)), fit)
+        block = min(BLOCK, rows)
+    for start, end, chunk in distance_chunks(q, g, metric, rows=rows, block=block, reuse=True):
         here = (skip_q >= start) & (skip_q < end)
         chunk[skip_q[here] - start, skip_g[here]] = float('inf')
-        nearest = _sort_keys(chunk).topk(k, dim=1, largest=False).values & 0xFFFFFFFF
+        # keys (distance, gallery index): topk ranks ties by gallery index, as evaluation does
+        nearest = order_keys(chunk).topk(k, dim=1, largest=False).values & 0xFFFFFFFF
         order[start:end] = nearest.cpu()
         dist[start:end] = torch.gather(chunk, 1, nearest).cpu()
     return order.numpy(), dist.numpy()

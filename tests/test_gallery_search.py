@@ -134,3 +134,21 @@ def test_a_gallery_with_features_that_are_not_finite_is_named(tmp_path):
     with pytest.raises(ReIDError, match=f'^{path}: features are not finite .*: 1 of 4 gallery; '
                                         'first: c$'):
         load_gallery(path)
+
+
+def test_a_memory_budget_shrinks_the_chunks_not_the_result(monkeypatch):
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get('rows'), kwargs.get('block')))
+        return distance_chunks(*args, **kwargs)
+    monkeypatch.setattr(gallery_module, 'distance_chunks', spy)
+    query, gallery = tied(300, 2000)
+    whole = search(query, gallery, topk=7)
+    # 2,000 gallery images: 20 bytes a distance and key, so 1 MiB holds 26 query rows
+    budgeted = search(query, gallery, topk=7, memory_budget=(1 << 20) + 2 * 300 * 7 * 8)
+    assert seen == [(None, 1024), (26, 26)]
+    for a, b in zip(whole, budgeted):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ReIDError, match='TEST.MEMORY_BUDGET'):
+        search(query, gallery, topk=7, memory_budget=1000)

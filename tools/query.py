@@ -23,6 +23,7 @@ from datasets.image_lists import ImageList, read_images  # noqa: E402
 from processor import FeatureExtractor  # noqa: E402
 from processor.gallery import Gallery, load_gallery, search  # noqa: E402
 from utils.errors import ReIDError, cli_main  # noqa: E402
+from utils.memory import budget_bytes  # noqa: E402
 from utils.logger import setup_logger  # noqa: E402
 from utils.visualize import MATCH, MISS, NEUTRAL, draw_rank_list, labels  # noqa: E402
 
@@ -86,7 +87,8 @@ def main():
     gallery = make_gallery(args.gallery, extractor, logger)
     q_feats = extractor(queries.paths, queries.camids, queries.viewids).numpy()
     order, dist = search(q_feats, gallery.features, extractor.cfg.TEST.DISTANCE, args.topk,
-                         same_files(queries.paths, gallery.paths))
+                         same_files(queries.paths, gallery.paths),
+                         memory_budget=budget_bytes(extractor.cfg.TEST.MEMORY_BUDGET))
     ranked = [[(r, d, j) for r, (j, d) in enumerate(zip(order[q], dist[q]), 1) if np.isfinite(d)]
               for q in range(len(queries))]
     for q, path in enumerate(queries.paths):

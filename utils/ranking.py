@@ -34,8 +34,13 @@ def cpu_rank_entries(num_cols):
     return max(_CPU_ELEMENTS, num_cols)
 
 
+# bytes order_keys holds per entry at its peak: a float32 copy, a temporary, the int64 keys
+ORDER_KEY_BYTES = 16
+
+
 def order_keys(dist):
-    """int64 keys, one per entry, whose ascending order is the stable ascending order of each row."""
+    """int64 keys, one per entry, whose ascending order is the stable ascending order of each
+    row; float keys are (value bits, column), so they are unique within a row."""
     if dist.dtype == torch.float64:
         narrow = dist.float()
         if torch.equal(narrow.double(), dist):  # float32 values stored as float64: fast path
@@ -45,10 +50,10 @@ def order_keys(dist):
         # +inf's: NaN sorts last, as numpy's and torch's sorts put it (x86 gives inf - inf
         # and F.normalize of an inf feature a NaN with the sign bit set, which would sort first)
         value = dist.float() + 0.0
-        bits = torch.where(value.isnan(), float('nan'), value).view(torch.int32)
-        bits = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # IEEE order -> integer order
+        bits = value.masked_fill_(value.isnan(), float('nan')).view(torch.int32)
+        bits ^= (bits >> 31).bitwise_and_(0x7FFFFFFF)  # IEEE order -> integer order
         cols = torch.arange(dist.shape[1], device=dist.device)
-        return (bits.long() << 32) | cols
+        return bits.to(torch.int64).bitwise_left_shift_(32).bitwise_or_(cols)
     order = torch.sort(dist, dim=1, stable=True).indices
     positions = torch.arange(dist.shape[1], device=dist.device).expand_as(order)
     return torch.empty_like(order).scatter_(1, order, positions)
