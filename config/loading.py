@@ -156,6 +156,9 @@ def check_values(cfg, origin=None):
     std = _get(cfg, 'INPUT.PIXEL_STD')
     if any(v <= 0 for v in std):
         fail('INPUT.PIXEL_STD', f'must be positive (images are divided by it), not {list(std)}')
+    budget = _get(cfg, 'TEST.MEMORY_BUDGET')
+    if not _is_number(budget) or budget < 0:
+        fail('TEST.MEMORY_BUDGET', f'must be a number of GiB, 0 for auto, not {budget}')
 
 
 def load_config(config_file='', opts=()):

@@ -72,3 +72,10 @@ def test_a_wrong_type_names_the_yaml_file_and_the_key(tmp_path):
         load_config(str(path))
     with pytest.raises(ReIDError, match=r'command line: config key SOLVER\.MAX_EPOCHS'):
         load_config('', ['SOLVER.MAX_EPOCHS', 'abc'])
+
+
+@pytest.mark.parametrize('value', ['-1', 'inf', 'nan'])
+def test_a_memory_budget_below_zero_or_not_finite_is_refused(value):
+    with pytest.raises(ReIDError, match='config key TEST.MEMORY_BUDGET must be a number of GiB'):
+        load_config('', ['TEST.MEMORY_BUDGET', value])
+    assert load_config('', ['TEST.MEMORY_BUDGET', '2']).TEST.MEMORY_BUDGET == 2
