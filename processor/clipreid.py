@@ -8,6 +8,7 @@ import torch
 
 from loss import SupConLoss, image_to_text_logits
 from utils import distributed as du
+from utils.finite import check_finite
 
 from .baseline import BaselineTrainer
 from .engine import Trainer
@@ -35,6 +36,9 @@ class PromptTrainer(Trainer):
                 self.cfg, lambda x, cam, view: net.encode_image(x), self.data.train_eval_loader,
                 self.runtime, desc='image features')
             net.train()
+            paths = [record[0] for record in self.data.dataset.train]  # the loader's order
+            check_finite(('train', self.image_feats,
+                          paths if len(paths) == len(self.image_feats) else None))
 
     def batches(self, epoch):
         order = torch.randperm(len(self.labels), device=self.labels.device)

@@ -16,6 +16,7 @@ import processor.feature_extractor as feature_extractor
 from _e2e_helpers import REPO
 from _extractor_fixtures import poison, run_tool, save_model, tiny, write_pictures  # noqa: F401
 from config import load_config
+from processor.clipreid import PromptTrainer
 from processor.pcl import PCLTrainer
 from processor.pcl_unsup import UnsupervisedPCLTrainer
 from utils.clustering import cluster_features
@@ -160,6 +161,8 @@ class Net(nn.Module):
         feats[x[:, 0, 0, 0] < 0] = float('inf')
         return feats
 
+    encode_image = memory_features  # what CLIP-ReID's stage-1 cache reads
+
 
 def trainer(kind, bad_rows, n=10):
     """A PCL trainer (kind) with just what building its memory reads: a training set of n
@@ -175,16 +178,18 @@ def trainer(kind, bad_rows, n=10):
     records = [(f'train/{i:02d}.jpg', i, 0, 0) for i in range(n)]
     t.data = SimpleNamespace(train_eval_loader=batches, num_classes=n,
                              dataset=SimpleNamespace(train=records))
-    t.labels = None
+    t.labels = t.image_feats = None
     return t
 
 
-@pytest.mark.parametrize('kind', [PCLTrainer, UnsupervisedPCLTrainer])
+@pytest.mark.parametrize('kind', [PCLTrainer, UnsupervisedPCLTrainer, PromptTrainer])
 def test_training_stops_when_the_train_features_are_not_finite(kind):
     with pytest.raises(ReIDError, match=r'^features are not finite \(NaN or inf; has the model '
                        r'diverged\?\): 3 of 10 train; first: train/02.jpg, train/05.jpg, '
                        r'train/09.jpg$'):
         trainer(kind, [2, 5, 9]).prepare_epoch(1)
+    if kind is PromptTrainer:
+        return
     feats, pids = trainer(kind, []).train_features()
     assert torch.isfinite(feats).all() and pids.tolist() == list(range(10))
 
