@@ -3,10 +3,12 @@ from config import parse_args
 from datasets import make_dataloader
 from model import make_model
 from model.checkpoint import checkpoint_identities, load_into, read_trained
+from utils import distributed as du
 from utils.checkpoint import find_resume_file, load_training_state
 from utils.logger import get_logger
 from utils.metrics import make_evaluator
 from utils.run_folder import refuse_earlier_run, save_run_config
+from utils.run_lock import run_folder_lock
 from utils.runtime import config_for, setup_run
 
 from .inference import do_inference
@@ -25,13 +27,15 @@ def _build(cfg, runtime, training=True, num_classes=None):
 def train_main(method, description):
     args = parse_args(description, resume=True)
     cfg = config_for(method, args)
-    resume = find_resume_file(cfg, args.resume)
-    refuse_earlier_run(cfg, resuming=resume is not None)
-    runtime = setup_run(cfg, 'train_log.txt')
-    data, model = _build(cfg, runtime)
-    get_logger().info('config written to %s', save_run_config(cfg))
-    TRAINERS[method](cfg, model, data, runtime,
-                     resume_state=load_training_state(resume) if resume else None)
+    with run_folder_lock(cfg):  # before anything in OUTPUT_DIR is read or written
+        resume = find_resume_file(cfg, args.resume)
+        refuse_earlier_run(cfg, resuming=resume is not None)
+        runtime = setup_run(cfg, 'train_log.txt')
+        data, model = _build(cfg, runtime)
+        with du.fail_together():  # rank 0 writes it; the others must not wait for rank 0
+            get_logger().info('config written to %s', save_run_config(cfg))
+        TRAINERS[method](cfg, model, data, runtime,
+                         resume_state=load_training_state(resume) if resume else None)
 
 
 def test_main(description, rerank=False):

@@ -29,8 +29,8 @@ def out(tmp_path):
     return folder
 
 
-# What a run may add before it fails in training: its config and the head of its curves.
-RUN_RECORDS = {'config.yaml', 'metrics.csv', 'tensorboard'}
+# What a run may add before it fails in training: its lock, config and the head of its curves.
+RUN_RECORDS = {'.lock', 'config.yaml', 'metrics.csv', 'tensorboard'}
 
 
 def _files(folder):

@@ -87,7 +87,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_run):
     assert re.fullmatch(r'error: pcl: the loss is (nan|inf|-inf) at epoch 2, iteration \d+; '
                         rf'training stopped \(the last good checkpoint is {kept}\)\. .*', lines[0])
     assert lines[0] in (out / 'train_log.txt').read_text()
-    assert sorted(os.listdir(out)) == sorted([f'{NAME}_1.pth', f'{NAME}_pcl_state.pth',
+    assert sorted(os.listdir(out)) == sorted(['.lock', f'{NAME}_1.pth', f'{NAME}_pcl_state.pth',
                                               'config.yaml', 'metrics.csv', 'tensorboard',
                                               'train_log.txt'])
     assert state(out, 'pcl')['epoch'] == 1
