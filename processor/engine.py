@@ -87,7 +87,9 @@ class Trainer:
         return cam, view
 
     def run(self, start_epoch=1):
-        self.curves = TrainingLog(self.cfg, self.stage, self.iteration if start_epoch > 1 else 0)
+        with du.fail_together():  # rank 0 opens (and may rewrite) metrics.csv
+            self.curves = TrainingLog(self.cfg, self.stage,
+                                      self.iteration if start_epoch > 1 else 0)
         try:
             self._run(start_epoch)
         finally:
@@ -150,7 +152,7 @@ class Trainer:
         self.check_finite(epoch)
         means = meters.means()
         if n_iter % log_period:  # the epoch's averages reach the curves at least once
-            self.curves.add(epoch, self.iteration, self.curve_values(means))
+            self.add_curves(epoch, self.curve_values(means))
         elapsed = time.perf_counter() - start
         self.logger.info('%s epoch %d done in %.1fs (%.1f samples/s): %s', self.stage, epoch,
                          elapsed, seen / max(elapsed, 1e-9), format_means(means))
@@ -202,13 +204,16 @@ class Trainer:
         lr = self.optimizer.param_groups[0]['lr']
         self.logger.info('%s epoch[%d] iteration[%d] %s, base lr %.2e', self.stage, epoch, n_iter,
                          format_means(means), lr)
-        self.curves.add(epoch, self.iteration, self.curve_values(means))
+        self.add_curves(epoch, self.curve_values(means))
+
+    def add_curves(self, epoch, values):
+        with du.fail_together():  # rank 0 writes: a failure there stops every rank
+            self.curves.add(epoch, self.iteration, values)
 
     def evaluate(self, epoch):
         result = do_inference(self.cfg, self.model, self.data.val_loader, self.evaluator,
                               self.runtime)
-        self.curves.add(epoch, self.iteration,
-                        {f'val/{name}': value for name, value in result.summary().items()})
+        self.add_curves(epoch, {f'val/{name}': value for name, value in result.summary().items()})
         return result
 
     def end_epoch(self, epoch):
@@ -216,7 +221,8 @@ class Trainer:
         if self.evaluator is not None and (epoch % self.solver.EVAL_PERIOD == 0 or last):
             self.evaluate(epoch)
         if epoch % self.solver.CHECKPOINT_PERIOD == 0 or last:
-            self.save_checkpoint(epoch)
+            with du.fail_together():  # rank 0 writes: a failure there stops every rank
+                self.save_checkpoint(epoch)
 
     # ----- checkpoints -------------------------------------------------------------------
     def last_state_file(self):

@@ -63,11 +63,13 @@ class UnsupervisedPCLTrainer(PCLTrainer):
         """Pseudo-labels of the training images (rank 0 clusters, every rank gets them)."""
         c = self.cfg.CLUSTER
         labels = torch.empty(feats.shape[0], dtype=torch.int64, device=self.device)
-        if du.is_main_process():
-            start = time.perf_counter()
-            found = cluster_features(feats, c.K1, c.K2, c.EPS, c.MIN_SAMPLES)
-            labels.copy_(torch.from_numpy(found))
-            self.log_clustering(epoch, found, true_pids.cpu().numpy(), time.perf_counter() - start)
+        with du.fail_together():
+            if du.is_main_process():
+                start = time.perf_counter()
+                found = cluster_features(feats, c.K1, c.K2, c.EPS, c.MIN_SAMPLES)
+                labels.copy_(torch.from_numpy(found))
+                self.log_clustering(epoch, found, true_pids.cpu().numpy(),
+                                    time.perf_counter() - start)
         return du.broadcast_from_main(labels).cpu().numpy()
 
     def targets(self):

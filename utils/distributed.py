@@ -1,10 +1,13 @@
 """Thin helpers over torch.distributed; every function also works in a single process."""
 import atexit
+import contextlib
 import os
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from utils.errors import ReIDError, one_line
 
 
 def is_dist():
@@ -132,3 +135,45 @@ def all_gather_object(obj):
     dist.all_gather_object(out, obj)
     return out
 
+
+def launch_rank():
+    """This process's rank, also before the process group exists (torchrun's RANK)."""
+    if launched_by_torchrun() and not is_dist():
+        return int(os.environ['RANK'])
+    return get_rank()
+
+
+def _failure_report(err):
+    """(is bad input, one-line message) of an exception, as cli_main would print it."""
+    if isinstance(err, (ReIDError, OSError)):
+        return True, one_line(err)
+    return False, f'{type(err).__name__}: {one_line(err)}'
+
+
+@contextlib.contextmanager
+def fail_together():
+    """Around work that not every rank does (rank 0 clustering, writing a file) before the ranks
+    meet in a collective: when it raises on any rank, every rank raises on leaving the block,
+    with the message of the lowest failing rank, instead of the others waiting in their next
+    collective until its timeout. Every rank enters the block; it must hold no collective.
+
+    The failing rank raises its own exception; the others raise ReIDError with its message
+    (the same `error:` line) when it was bad input or a refused file, else a RuntimeError."""
+    if not is_dist():
+        yield
+        return
+    failure = None
+    try:
+        yield
+    except Exception as err:  # noqa: BLE001 - every rank must learn of any failure
+        failure = err
+    reports = all_gather_object(None if failure is None else _failure_report(failure))
+    failed = [rank for rank, report in enumerate(reports) if report is not None]
+    if not failed:
+        return
+    if failed[0] == get_rank():
+        raise failure
+    user_error, message = reports[failed[0]]
+    if user_error:
+        raise ReIDError(message) from failure
+    raise RuntimeError(f'rank {failed[0]} failed: {message}') from failure

@@ -160,8 +160,9 @@ class R1_mAP_eval:
             test = Split(feats, pids, camids, paths)
             result = evaluate_atrw(spec, test, self.atrw_annotation, self.max_rank,
                                    self.atrw_mode, nq, keep)
-        if du.is_main_process():
-            self._save(result)
+        with du.fail_together():  # rank 0 writes: a failure there stops every rank
+            if du.is_main_process():
+                self._save(result)
         return result
 
     def _fitted_spec(self, feats, num_gallery):
