@@ -23,6 +23,9 @@ from .pairs import KeyIndex, pairs_to_mask, union
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 _CPU_ELEMENTS = 1 << 22  # entries per pass on the CPU: few, large parallel operations
+# bins of one pass: on the CPU few enough for the histogram to stay in cache; elsewhere as
+# many as float32 holds exact integers for (2^22 leaves room for the rounding of the map)
+_PASS_BINS = {'cpu': 1 << 18, 'cuda': 1 << 22}
 # bytes a ranking pass holds per distance, with some margin: two work buffers (float, int32),
 # the bin histogram and two cumulative sums (a quarter of the entries each, int64), the mask
 # of candidate bins
@@ -88,19 +91,30 @@ def sorted_match_ranks(dist, q_pids, g_pids, excluded=None):
     return num_pos, ranks[torch.arange(most, device=dev)[None, :] < num_pos[:, None]]
 
 
+def _binning(num_rows, num_cols, device):
+    """(bins per row, rows per pass) of _count_before: about 4 entries a bin (few to compare
+    one by one), within the pass's bins, and on the CPU within _CPU_ELEMENTS entries."""
+    limit = _PASS_BINS.get(device.type, _PASS_BINS['cuda'])
+    bins = max(16, min(num_cols // 4, limit - 3))
+    rows = max(1, limit // (bins + 3))
+    if device.type == 'cpu':
+        rows = min(rows, max(1, _CPU_ELEMENTS // max(num_cols, 1)))
+    return bins, min(num_rows, rows)
+
+
 def _row_value_order(rows, vals):
     """Permutation ordering row-major pairs by (row, value, column)."""
     order = torch.sort(vals, stable=True).indices
     return order[torch.sort(rows[order], stable=True).indices]
 
 
-def _count_before(dist, named_row, named_col, named_val, work):
+def _count_before(dist, named_row, named_col, named_val, work, bins):
     """For each named entry (named_row, named_col), of value named_val, of a [rows, G] block:
     how many entries of its row come before it in (value, column) order. work: (float,
-    int32) buffers of at least rows * G elements, reused so that no pass allocates memory."""
+    int32) buffers of at least rows * G elements, reused so that no pass allocates memory.
+    bins: bins spanning a row's named values (rows * (bins + 3) must stay below 2^22)."""
     num_rows, num_cols = dist.shape
     dev = dist.device
-    bins = max(16, num_cols // 4)  # about 4 entries a bin: few to compare one by one
     width = bins + 3  # a row's bins: 0 below its named values, 1..bins+1 across, bins+2 above
     lowest = torch.full((num_rows,), float('inf'), dtype=dist.dtype, device=dev)
     lowest = lowest.scatter_reduce(0, named_row, named_val, 'amin')
@@ -111,19 +125,20 @@ def _count_before(dist, named_row, named_col, named_val, work):
     # where it is the value's size, or 1 at 0, so that the scale below stays finite
     span = torch.where(highest > lowest, highest - lowest,
                        torch.where(lowest != 0, lowest.abs(), 1))
-    # a monotone map of the distances to bins -1..bins+1 of their row, then shifted to the
-    # row's own range (row r: r * width .. + bins + 2); the named entries' bins are read back
-    # from the same tensor, so rounding cannot put an entry on the wrong side of one of them
+    # a monotone map of the distances to the bins of their row: lowest -> 1, highest ->
+    # bins + 1, shifted to the row's own range (row r: r * width .. + bins + 2, integers that
+    # float32 holds exactly); the named entries' bins are read back from the same tensor, so
+    # rounding cannot put an entry on the wrong side of one of them
     scale = bins / span
+    start = torch.arange(num_rows, device=dev, dtype=dist.dtype)[:, None] * width
     scaled = work[0][:num_rows * num_cols].view(num_rows, num_cols)
     if float((lowest.abs() * scale).max()) < 2 ** 20:  # d * scale is exact to well under a bin
-        torch.addcmul(-(lowest * scale)[:, None], dist, scale[:, None], out=scaled)
+        torch.addcmul(start + 1 - (lowest * scale)[:, None], dist, scale[:, None], out=scaled)
     else:  # subtract first: no cancellation when the distances sit far from 0
         torch.mul(torch.sub(dist, lowest[:, None], out=scaled), scale[:, None], out=scaled)
-    scaled.nan_to_num_(nan=float('inf')).clamp_(-1, bins + 1)  # nan: above all
-    bin_of = work[1][:num_rows * num_cols].view(num_rows, num_cols).copy_(scaled)  # truncates
-    bin_of += (torch.arange(num_rows, device=dev, dtype=torch.int32) * width + 1)[:, None]
-    bin_of = bin_of.view(-1)  # every entry's bin, rows in disjoint ranges, monotone in value
+        scaled += start + 1
+    scaled.nan_to_num_(nan=float('inf')).clamp_(start, start + bins + 2)  # nan: above all
+    bin_of = work[1][:num_rows * num_cols].view(-1).copy_(scaled.view(-1))  # floor: all >= 0
     named_flat = named_row * num_cols + named_col
     named_bin = bin_of[named_flat].long()
     hist = torch.bincount(bin_of, minlength=num_rows * width)
@@ -178,7 +193,7 @@ def match_ranks(dist, q_pids, g_index, excluded=None):
         return sorted_match_ranks(dist, q_pids, g_index.keys, mask)
     before = torch.empty(pos_idx.numel(), dtype=torch.int64, device=dev)
     pos_row = rows[pos_idx]  # ascending: pairs are row-major
-    step = min(num_rows, max(1, _CPU_ELEMENTS // max(num_cols, 1))) if dev.type == 'cpu' else num_rows
+    bins, step = _binning(num_rows, num_cols, dev)
     work = (torch.empty(step * num_cols, dtype=dist.dtype, device=dev),
             torch.empty(step * num_cols, dtype=torch.int32, device=dev))
     # the kept matches of rows first..first+step are pos_idx[start:end]
@@ -187,7 +202,7 @@ def match_ranks(dist, q_pids, g_index, excluded=None):
         if end > start:
             sel = pos_idx[start:end]
             before[start:end] = _count_before(dist[first:first + step], rows[sel] - first,
-                                              cols[sel], vals[sel], work)
+                                              cols[sel], vals[sel], work, bins)
     # kept entries before a match = all entries before it - ignored entries before it
     order = _row_value_order(rows, vals)
     excl = is_excl[order].long()
