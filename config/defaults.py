@@ -30,6 +30,10 @@ _C.MODEL.NAME = 'ViT-B-16'
 _C.MODEL.LAST_STRIDE = 1
 # CLIP weights file (OpenAI TorchScript archive or state_dict); '' = cache, then download
 _C.MODEL.PRETRAIN_PATH = ''
+# What the CLIP weights are: open_clip's pretrained tag for MODEL.NAME ('openai',
+# 'laion2b_s34b_b88k', 'datacomp_xl_s13b_b90k', 'dfn2b', 'metaclip_fullcc', RN50 'yfcc15m',
+# ...). It sets the activation (QuickGELU or GELU) and the download (open_clip's cache)
+_C.MODEL.CLIP_PRETRAINED = 'openai'
 # 'imagenet' = start from CLIP weights; 'self' = also load a whole re-ID model from
 # MODEL.PRETRAIN_PATH_REID before training (fine-tuning a previous run)
 _C.MODEL.PRETRAIN_CHOICE = 'imagenet'

@@ -1,4 +1,5 @@
-"""Build open_clip's CLIP from an OpenAI state_dict, every size read from the weights."""
+"""Build open_clip's CLIP from an OpenAI-layout state_dict, every size read from the weights
+(activation and other settings from the pretraining: clip_pretrained)."""
 import logging
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
@@ -79,14 +80,21 @@ def infer_clip_arch(state_dict):
         text_layers=_count(state_dict, 'transformer.resblocks.'))
 
 
-def build_clip(arch):
-    """An fp32 open_clip CLIP with QuickGELU (OpenAI's weights were trained with it)."""
+def build_clip(arch, pretraining=None):
+    """An fp32 open_clip CLIP of these sizes, with the activation and tower settings of
+    `pretraining` (a clip_pretrained.ClipPretraining); None = QuickGELU and open_clip's
+    defaults, as OpenAI's weights need."""
+    quick_gelu = True if pretraining is None else pretraining.quick_gelu
+    vision_extra = {} if pretraining is None else pretraining.vision
+    text_extra = {} if pretraining is None else pretraining.text
     vision = CLIPVisionCfg(layers=arch.vision_layers, width=arch.vision_width,
                            patch_size=arch.vision_patch_size or 16, image_size=arch.image_size,
-                           head_width=min(64, arch.feature_dim))
+                           head_width=min(64, arch.feature_dim), **vision_extra)
     text = CLIPTextCfg(context_length=arch.context_length, vocab_size=arch.vocab_size,
-                       width=arch.text_width, heads=arch.text_heads, layers=arch.text_layers)
-    return CLIP(arch.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=True, cast_dtype=None)
+                       width=arch.text_width, heads=arch.text_heads, layers=arch.text_layers,
+                       **text_extra)
+    return CLIP(arch.embed_dim, vision_cfg=vision, text_cfg=text, quick_gelu=quick_gelu,
+                cast_dtype=None)
 
 
 def load_checked(module, state_dict, source):
@@ -97,10 +105,10 @@ def load_checked(module, state_dict, source):
     module.load_state_dict(state_dict, strict=True)
 
 
-def clip_from_state_dict(state_dict, source='CLIP weights'):
-    """(open_clip CLIP in fp32 holding the weights, its ClipArch)."""
+def clip_from_state_dict(state_dict, source='CLIP weights', pretraining=None):
+    """(open_clip CLIP in fp32 holding the weights, its ClipArch); see build_clip."""
     arch = infer_clip_arch(state_dict)
-    model = build_clip(arch)
+    model = build_clip(arch, pretraining)
     load_checked(model, state_dict, source)
     logger.info('built CLIP from %s: %s', source, arch)
     return model.float().eval(), arch

@@ -1,7 +1,9 @@
 """Find, fetch and read OpenAI CLIP weights: MODEL.PRETRAIN_PATH, else the cache, else download.
 
-`load_clip_state_dict` is the one entry point: it knows every source, reads both OpenAI
-formats (TorchScript archive and plain state_dict) and checks that what it read is CLIP.
+`load_clip_state_dict` knows every OpenAI source, reads both OpenAI formats (TorchScript
+archive and plain state_dict) and checks that what it read is CLIP. Other pretrainings
+(MODEL.CLIP_PRETRAINED) are fetched through open_clip by clip_pretrained and read here by
+`load_clip_file`.
 """
 import hashlib
 import http.client
@@ -101,7 +103,15 @@ def resolve_clip_file(name, pretrain_path=''):
 
 
 def read_clip_file(path):
-    """A state_dict from either OpenAI format: TorchScript archive, or torch.save'd state_dict."""
+    """A state_dict from either OpenAI format (TorchScript archive, or torch.save'd
+    state_dict), or from open_clip's safetensors file."""
+    if str(path).endswith('.safetensors'):
+        from safetensors.torch import load_file  # open_clip's hub files; comes with open_clip
+        try:
+            return {k.removeprefix('module.'): v for k, v in load_file(path).items()}
+        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
+            raise ReIDError(f'{path} is not a readable safetensors file ({type(err).__name__})'
+                            ) from None
     try:
         with warnings.catch_warnings():  # torch marks TorchScript deprecated; OpenAI uses it
             warnings.simplefilter('ignore', FutureWarning)
@@ -135,9 +145,14 @@ def check_clip_state_dict(state_dict, path):
 def load_clip_state_dict(name, pretrain_path=''):
     """The CLIP state_dict for MODEL.NAME / MODEL.PRETRAIN_PATH, checked, scalar extras removed."""
     path = resolve_clip_file(name, pretrain_path)
+    return load_clip_file(path), path
+
+
+def load_clip_file(path):
+    """The checked CLIP state_dict in the file at path, scalar extras removed."""
     state_dict = read_clip_file(path)
     check_clip_state_dict(state_dict, path)
     for key in _ARCHIVE_EXTRAS:
         state_dict.pop(key, None)
     logger.info('CLIP weights read from %s', path)
-    return state_dict, path
+    return state_dict

@@ -5,7 +5,7 @@ from utils.errors import ReIDError
 
 from .baseline import Baseline
 from .clip_backbone import clip_from_state_dict
-from .clip_weights import load_clip_state_dict
+from .clip_pretrained import OPENAI, load_pretrained_state_dict, pretraining, size_differences
 from .clipreid import CLIPReID
 from .pcl import PCLModel
 
@@ -15,9 +15,18 @@ MODELS = {'clipreid': CLIPReID, 'pcl': PCLModel, 'baseline': Baseline}
 
 
 def load_clip(cfg):
-    """(open_clip CLIP holding the weights of MODEL.NAME / MODEL.PRETRAIN_PATH, its ClipArch)."""
-    state_dict, path = load_clip_state_dict(cfg.MODEL.NAME, cfg.MODEL.PRETRAIN_PATH)
-    return clip_from_state_dict(state_dict, path)
+    """(open_clip CLIP holding the weights of MODEL.NAME / MODEL.CLIP_PRETRAINED /
+    MODEL.PRETRAIN_PATH, its ClipArch), built as the pretraining tag says."""
+    spec = pretraining(cfg.MODEL.NAME, cfg.MODEL.CLIP_PRETRAINED)
+    state_dict, path = load_pretrained_state_dict(spec, cfg.MODEL.PRETRAIN_PATH)
+    model, arch = clip_from_state_dict(state_dict, path, spec)
+    logger.info('CLIP %s pretraining %r: %s activation%s', spec.name, spec.tag, spec.activation,
+                f' (open_clip trained it with mean {list(spec.mean)}, std {list(spec.std)})'
+                if spec.mean else '')
+    if spec.tag != OPENAI and size_differences(spec, arch):
+        logger.warning('the weights in %s are not open_clip\'s %s (%s): check MODEL.NAME',
+                       path, spec.name, '; '.join(size_differences(spec, arch)))
+    return model, arch
 
 
 def make_model(cfg, num_class, camera_num, view_num, object_word=None, method=None):
