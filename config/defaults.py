@@ -179,6 +179,9 @@ def _stage(schedule):
         node.WARMUP_LR_INIT = 0.01
         node.LR_MIN = 0.000016
         return node
+    # Layer-wise LR decay of a ViT image encoder: block i of L (from 0) gets
+    # BASE_LR * LAYER_DECAY ** (L - i), the embeddings ** (L + 1), the heads BASE_LR; 1.0 = off
+    node.LAYER_DECAY = 1.0
     # Multistep schedule: decay factor and epochs
     node.GAMMA = 0.1
     node.STEPS = (40, 70)

@@ -159,6 +159,10 @@ def check_values(cfg, origin=None):
     budget = _get(cfg, 'TEST.MEMORY_BUDGET')
     if not _is_number(budget) or budget < 0:
         fail('TEST.MEMORY_BUDGET', f'must be a number of GiB, 0 for auto, not {budget}')
+    for name in ('SOLVER.LAYER_DECAY', 'SOLVER.STAGE2.LAYER_DECAY'):
+        decay = _get(cfg, name)
+        if not _is_number(decay) or not 0 < decay <= 1:
+            fail(name, f'must be in (0, 1] (1.0 = no layer-wise LR decay), not {decay}')
 
 
 def load_config(config_file='', opts=()):

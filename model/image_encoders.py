@@ -50,6 +50,25 @@ class ReIDViT(nn.Module):
         logger.info('ViT position grid %dx%d resized to %dx%d (input %s, stride %s)',
                     side, side, *self.grid, tuple(input_size), tuple(stride))
 
+    # Parameters before the first block: patch projection, class and position embeddings,
+    # the LayerNorm before the blocks.
+    _EMBEDDINGS = ('conv1.', 'class_embedding', 'positional_embedding', 'ln_pre.')
+
+    def decay_depths(self):
+        """{parameter name: exponent of the layer-wise LR decay}: block i of L (from 0) gets
+        L - i, the embeddings L + 1, what follows the blocks (ln_post, proj) 0, as BEiT's
+        fine-tuning recipe counts them."""
+        blocks = len(self.transformer.resblocks)
+        depths = {}
+        for name, _ in self.named_parameters():
+            if name.startswith('transformer.resblocks.'):
+                depths[name] = blocks - int(name.split('.')[2])
+            elif name.startswith(self._EMBEDDINGS):
+                depths[name] = blocks + 1
+            else:
+                depths[name] = 0
+        return depths
+
     def forward(self, x, cv_embed=None):
         x = self.conv1(x.to(self.conv1.weight.dtype))
         if tuple(x.shape[2:]) != self.grid:

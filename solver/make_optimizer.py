@@ -5,6 +5,8 @@ import torch
 
 from utils.errors import ReIDError
 
+from .layer_decay import layer_decay_scales, log_layer_decay
+
 
 def make_optimizer(solver_cfg, model, center_criterion=None):
     """Returns (optimizer, center_optimizer or None).
@@ -16,9 +18,12 @@ def make_optimizer(solver_cfg, model, center_criterion=None):
     Upstream makes one group per tensor; the same settings are merged into one group per
     (lr, weight decay) here, the same update, done by PyTorch's multi-tensor (foreach) or
     fused kernels instead of ~200 small ones. OPTIMIZER_NAME is any torch.optim class
-    ('SGD' uses MOMENTUM). The center optimizer is SGD at CENTER_LR over center_criterion's
-    parameters.
+    ('SGD' uses MOMENTUM). LAYER_DECAY (multistep nodes) below 1 scales the LR of a ViT image
+    encoder's parameters by depth (solver.layer_decay), on top of the rules above. The
+    center optimizer is SGD at CENTER_LR over center_criterion's parameters.
     """
+    decay = getattr(solver_cfg, 'LAYER_DECAY', 1.0)  # stage 1 (prompts only) has none
+    scales = layer_decay_scales(model, decay)
     groups = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -29,7 +34,10 @@ def make_optimizer(solver_cfg, model, center_criterion=None):
             weight_decay = solver_cfg.WEIGHT_DECAY_BIAS
         if solver_cfg.LARGE_FC_LR and ('classifier' in name or 'arcface' in name):
             lr = solver_cfg.BASE_LR * 2
+        lr *= scales.get(id(param), 1.0)
         groups.setdefault((lr, weight_decay), []).append(param)
+    if scales:
+        log_layer_decay(model, decay, solver_cfg.BASE_LR)
     if not groups:
         raise ValueError('make_optimizer: the model has no parameter with requires_grad')
     groups = [{'params': params, 'lr': lr, 'weight_decay': wd}
