@@ -164,9 +164,9 @@ def _tag_cfg(tag='laion2b_s34b_b88k', *opts):
     return load_config('', ['MODEL.CLIP_PRETRAINED', tag, *opts])
 
 
-def test_hub_tags_download_through_open_clip(tiny_clip_files, cache, monkeypatch):
+def test_hub_tags_download_through_open_clip(tiny_clip_files, cache, monkeypatch, caplog):
     """open_clip.pretrained.download_pretrained runs for real down to the hub client, which
-    hands over a local file."""
+    hands over a local file; weights of other sizes than open_clip's model are reported."""
     asked = []
 
     def hub(repo_id, filename, revision=None, cache_dir=None):
@@ -174,9 +174,11 @@ def test_hub_tags_download_through_open_clip(tiny_clip_files, cache, monkeypatch
         return tiny_clip_files['vit', 'state_dict']
 
     monkeypatch.setattr(oc_pretrained, 'hf_hub_download', hub)
-    clip_model, arch = load_clip(_tag_cfg())
+    with caplog.at_level(logging.WARNING, logger='model'):
+        clip_model, arch = load_clip(_tag_cfg())
     assert asked and all(a[0] == LAION_REPO and a[2] is None for a in asked)  # hub's own cache
     assert _activations(clip_model) == {'GELU'} and arch.vision_layers == 2
+    assert "not open_clip's ViT-B-16 (embed_dim: 512 vs 32; vision layers: 12 vs 2" in caplog.text
 
 
 class _Response(io.BytesIO):
@@ -237,3 +239,43 @@ def test_the_openai_tag_keeps_the_openai_path(tiny_clip_files, cache, monkeypatc
     clip_model, _ = load_clip(load_config('', []))
     assert _activations(clip_model) == {'QuickGELU'}
     assert os.listdir(cache) == ['ViT-B-16.pt']
+
+
+# ------------------------------------------------------------------- shipped configs
+def _flat_config(rel):
+    cfg = load_config(os.path.join(ROOT, 'configs', rel))
+    out = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if hasattr(value, 'items'):
+                walk(value, f'{prefix}{key}.')
+            else:
+                out[prefix + key] = value
+    walk(cfg, '')
+    return out
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('rel,base,changed', [
+    ('person/vit_clipreid_laion2b.yml', 'person/vit_clipreid.yml',
+     {'MODEL.CLIP_PRETRAINED': 'laion2b_s34b_b88k'}),
+    ('person/vit_l14_clipreid.yml', 'person/vit_clipreid.yml',
+     {'MODEL.NAME': 'ViT-L-14', 'MODEL.STRIDE_SIZE': [14, 14],
+      'SOLVER.STAGE2.BASE_LR': 1e-5, 'SOLVER.STAGE2.LAYER_DECAY': 0.75}),
+    ('pcl/market1501_vit_l14.yml', 'pcl/market1501.yml',
+     {'MODEL.NAME': 'ViT-L-14', 'MODEL.STRIDE_SIZE': [14, 14],
+      'SOLVER.BASE_LR': 7e-4, 'SOLVER.LAYER_DECAY': 0.75})])
+def test_backbone_configs_change_only_the_backbone(rel, base, changed):
+    """The ViT-L/14 and LAION configs are their ViT-B/16 recipe with another CLIP (and its
+    decay and LR); their tags exist for their architecture; they say they were not trained."""
+    ours, theirs = _flat_config(rel), _flat_config(base)
+    diff = {k: ours[k] for k in ours if ours[k] != theirs[k]}
+    assert diff.pop('OUTPUT_DIR') != theirs['OUTPUT_DIR']
+    assert {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in diff.items()} == changed
+    spec = pretraining(ours['MODEL.NAME'], ours['MODEL.CLIP_PRETRAINED'])
+    assert spec.activation == ('GELU' if 'laion' in rel else 'QuickGELU')
+    header = open(os.path.join(ROOT, 'configs', rel)).read().split('MODEL:')[0]
+    assert 'Not trained here' in ' '.join(line.lstrip('# ') for line in header.splitlines())
