@@ -125,6 +125,19 @@ def test_the_activation_follows_open_clip_s_tag_config(name, tag, activation):
     assert pretraining(name, tag).activation == activation
 
 
+def test_the_readme_table_says_what_open_clip_builds():
+    text = open(os.path.join(ROOT, 'README.md')).read()
+    table = text.split('## CLIP backbones')[1].split('| `MODEL.NAME` | tag | activation |')[1]
+    rows = [line.split('|')[1:4] for line in table.strip().split('\n\n')[0].splitlines()[1:]
+            if line.startswith('|')]
+    assert len(rows) == 5
+    for names, tags, activation in rows:
+        for name in names.split(','):
+            for tag in tags.split(','):
+                assert pretraining(name.strip(), tag.strip(' `')).activation == \
+                    activation.strip(), (name, tag)
+
+
 def test_bad_tags_stop_with_one_line_listing_the_valid_ones():
     with pytest.raises(ReIDError) as err:
         pretraining('RN50', 'laion2b_s34b_b88k')
