@@ -218,6 +218,9 @@ _C.SOLVER.DETERMINISTIC = False
 # Also write the training curves (losses, learning rate, validation metrics) as TensorBoard
 # event files under OUTPUT_DIR/tensorboard; OUTPUT_DIR/metrics.csv is written either way
 _C.SOLVER.TENSORBOARD = True
+# At the end of training, draw metrics.csv as OUTPUT_DIR/curves.png (matplotlib; the numbers
+# drawn in curves.csv beside it): losses, learning rate, validation metrics, clustering
+_C.SOLVER.PLOT_CURVES = False
 _C.SOLVER.STAGE1 = _stage('cosine')
 _C.SOLVER.STAGE2 = _stage('multistep')
 
@@ -295,6 +298,9 @@ _C.TEST.MEMORY_BUDGET = 0.0
 _C.TEST.EVAL_BEFORE_TRAIN = False
 # Save rank-list pictures for the first N queries (0 = none)
 _C.TEST.VISUALIZE = 0
+# Lay each rank-list image's heat map over it (what drives the match: Grad-CAM of the
+# query-gallery distance, processor/heatmaps.py); needs TEST.VISUALIZE > 0
+_C.TEST.VISUALIZE_HEATMAP = False
 
 # Folder for logs and checkpoints
 _C.OUTPUT_DIR = 'output'

@@ -1,4 +1,6 @@
 """The bodies of the entry scripts: parse, configure, build, run."""
+import os
+
 from config import parse_args
 from datasets import make_dataloader
 from model import make_model
@@ -36,6 +38,20 @@ def train_main(method, description):
             get_logger().info('config written to %s', save_run_config(cfg))
         TRAINERS[method](cfg, model, data, runtime,
                          resume_state=load_training_state(resume) if resume else None)
+        if cfg.SOLVER.PLOT_CURVES:
+            with du.fail_together():  # rank 0 draws
+                if du.is_main_process():
+                    plot_curves(cfg)
+
+
+def plot_curves(cfg):
+    """OUTPUT_DIR/curves.png (and curves.csv) of the run's metrics.csv."""
+    from utils.plots import plot_training_curves
+    path = plot_training_curves(os.path.join(cfg.OUTPUT_DIR, 'metrics.csv'),
+                                os.path.join(cfg.OUTPUT_DIR, 'curves.png'),
+                                title=f'{cfg.MODEL.METHOD} | {cfg.DATASETS.NAMES}')
+    if path:
+        get_logger().info('training curves drawn in %s', path)
 
 
 def test_main(description, rerank=False):

@@ -59,6 +59,9 @@ def do_inference(cfg, model, val_loader, evaluator, runtime):
             feat = model(images.to(runtime.device, non_blocking=True), cam_label=cam,
                          view_label=view)
         evaluator.update((feat.float(), pids, camids, list(paths)))
+    if cfg.TEST.VISUALIZE and cfg.TEST.VISUALIZE_HEATMAP:  # rank lists with heat maps
+        from .heatmaps import HeatMapper
+        evaluator.heat_mapper = HeatMapper(model, cfg, runtime.device)
     result = evaluator.compute()
     logger.info('Validation results (%s):', evaluator.describe())
     for name, value in result.summary().items():

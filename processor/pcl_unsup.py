@@ -121,6 +121,9 @@ class UnsupervisedPCLTrainer(PCLTrainer):
             line += (f'; against the train labels (information only, not used): NMI '
                      f'{s["nmi"]:.3f}, ARI {s["ari"]:.3f} over the clustered images')
         self.logger.info(line)
+        curves = {'cluster/clusters': s['clusters'], 'cluster/outliers': s['outliers']}
+        curves.update((f'cluster/{k}', s[k]) for k in ('nmi', 'ari') if k in s)
+        self.curves.add(epoch, self.iteration, curves)  # rank 0 only: no collective here
 
     # ----- per step ----------------------------------------------------------------------
     def batches(self, epoch):

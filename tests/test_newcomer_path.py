@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -26,7 +27,8 @@ from processor import cli
 from utils.checkpoint import save_weights
 from utils.errors import ReIDError
 from utils.training_log import read_metrics
-from utils.visualize import COLOURS, plot_cmc
+from utils.plots import read_cmc_csv
+from utils.visualize import plot_cmc
 
 CPUS = len(os.sched_getaffinity(0))
 
@@ -205,8 +207,8 @@ def test_rank_lists_caption_identity_and_camera(run, monkeypatch):
     import utils.visualize as visualize
     out, _ = run
     captions, tile = [], visualize._tile
-    monkeypatch.setattr(visualize, '_tile', lambda path, colour, lines, font: (
-        captions.append((path, lines)), tile(path, colour, lines, font))[1])
+    monkeypatch.setattr(visualize, '_tile', lambda path, colour, lines, font, heat=None: (
+        captions.append((path, lines)), tile(path, colour, lines, font, heat))[1])
     args = ['--config_file', out / 'config.yaml', 'TEST.WEIGHT', out / f'{NAME}_2.pth',
             'TEST.VISUALIZE', 1, 'OUTPUT_DIR', out / 'captions']
     _main(monkeypatch, 'test_clipreid.py', args, cli.test_main, 'test')
@@ -228,12 +230,13 @@ def test_cmc_plot_names_dataset_checkpoint_map_and_spans_0_to_100(run, monkeypat
     ((curves, title),) = drawn
     assert title == f'market1501 | {NAME}_2.pth | standard protocol'
     assert list(curves) == [f'mAP {100 * result.mAP:.1f}%, Rank-1 {100 * result.cmc[0]:.1f}%']
-    # The axis is 0-100% whatever the values: 0.5 is drawn half-way up the plot area
-    # (top 36 px, bottom 50 px of 440).
-    plot_cmc({'half': [0.5] * 50}, tmp_path / 'half.png')
-    image = Image.open(tmp_path / 'half.png').convert('RGB')
-    y = round(36 + 0.5 * (440 - 36 - 50))
-    assert image.getpixel((320, y)) == COLOURS[0] or image.getpixel((320, y - 1)) == COLOURS[0]
+    # matplotlib draws it on a 0-100% axis whatever the values; the numbers drawn are
+    # written beside the picture
+    plot_cmc({'half': [0.5] * 50, 'short': [0.25, 0.75]}, str(tmp_path / 'half.png'))
+    assert Image.open(tmp_path / 'half.png').size == (640, 440)
+    curves = read_cmc_csv(str(tmp_path / 'half.csv'))
+    assert list(curves) == ['half', 'short'] and np.array_equal(curves['half'], [0.5] * 50)
+    assert np.array_equal(curves['short'], [0.25, 0.75])
 
 
 def test_resume_flag_after_the_overrides_continues_the_run(run, tiny_run, tmp_path):

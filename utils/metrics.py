@@ -95,6 +95,7 @@ class R1_mAP_eval:
             raise ReIDError(f'TEST.VEHICLEID_TRIALS must be at least 1, got {vehicleid_trials}')
         self.dist_mat_path, self.visualize, self.output_dir = dist_mat_path, visualize, output_dir
         self.caption = caption  # dataset and checkpoint, for the CMC plot
+        self.heat_mapper = None  # processor.heatmaps.HeatMapper for the rank lists, if any
         # result.distmat: kept for library callers; the scripts keep it only when asked for
         self.keep_distmat = bool(keep_distmat or dist_mat_path or visualize)
         self.reset()
@@ -179,7 +180,8 @@ class R1_mAP_eval:
             save_distmat(result.distmat, self.dist_mat_path)
         if self.visualize and self.output_dir:
             from .visualize import save_evaluation_pictures
-            save_evaluation_pictures(result, self.output_dir, self.visualize, self.caption)
+            save_evaluation_pictures(result, self.output_dir, self.visualize, self.caption,
+                                     self.heat_mapper)
 
 
 def save_distmat(distmat, path):

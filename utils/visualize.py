@@ -1,9 +1,11 @@
-"""Rank-list pictures and CMC plots, drawn with PIL only.
+"""Rank-list pictures (PIL) and the evaluation's plots (matplotlib, utils.plots).
 
 save_rank_lists draws, for each of the first queries, the query image followed by its
 top-k gallery images (entries the protocol ignores are skipped), framed green for a true
-match and red otherwise, each captioned with its identity and camera. plot_cmc draws one or
-more CMC curves on a 0-100% axis. draw_rank_list draws any ranked list (tools/query.py).
+match and red otherwise, each captioned with its identity and camera; with a heat mapper
+(TEST.VISUALIZE_HEATMAP, processor.heatmaps) each image carries its heat map. draw_rank_list
+draws any ranked list (tools/query.py, tools/explain.py). save_evaluation_pictures adds the
+CMC plot and, for a re-ranking sweep, its heat map (utils.plots).
 """
 import logging
 import os
@@ -11,11 +13,13 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .plots import plot_cmc, plot_sweep
+
 TILE = (64, 128)  # width, height of one image in a rank list
 CAPTION_LINES = 2
 MATCH, MISS, QUERY = (40, 170, 60), (210, 50, 50), (60, 90, 200)
 NEUTRAL = (150, 150, 150)  # frame of a gallery image whose match is unknown (no labels)
-COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+HEAT_ALPHA = 0.5  # weight of the heat colours over the image
 logger = logging.getLogger('reid')
 
 
@@ -33,12 +37,29 @@ def labels(pid=None, camid=None):
     return ' '.join(parts)
 
 
-def _tile(path, colour, captions, font):
-    """One framed image with caption lines underneath; grey when the file cannot be read."""
+def overlay(img, heat):
+    """img (PIL RGB) with `heat` (2-D array, any size, any scale) in the 'jet' colours over it,
+    the map scaled to 0..1 by its maximum (an all-zero map leaves the image as it is)."""
+    from matplotlib import colormaps
+    heat = np.asarray(heat, dtype=np.float32)
+    top = float(heat.max()) if heat.size else 0.0
+    if top <= 0:
+        return img
+    scaled = Image.fromarray(np.uint8(np.clip(heat / top, 0, 1) * 255)).resize(
+        img.size, Image.BILINEAR)
+    colours = colormaps['jet'](np.asarray(scaled) / 255.0)[..., :3]
+    mixed = (1 - HEAT_ALPHA) * np.asarray(img, dtype=np.float32) + HEAT_ALPHA * 255 * colours
+    return Image.fromarray(np.uint8(np.clip(mixed, 0, 255)))
+
+
+def _tile(path, colour, captions, font, heat=None):
+    """One framed image with caption lines underneath (its heat map over it when given); grey
+    when the file cannot be read."""
     w, h = TILE
     try:
         with Image.open(path) as img:
-            img = img.convert('RGB').resize((w, h))
+            img = img.convert('RGB')
+            img = (img if heat is None else overlay(img, heat)).resize((w, h))
     except (OSError, TypeError, AttributeError, ValueError):
         img = Image.new('RGB', (w, h), (160, 160, 160))
     canvas = Image.new('RGB', (w + 8, h + 10 + 13 * CAPTION_LINES), 'white')
@@ -50,12 +71,15 @@ def _tile(path, colour, captions, font):
     return canvas
 
 
-def draw_rank_list(query, gallery, path):
+def draw_rank_list(query, gallery, path, heats=None):
     """Write one rank-list picture: query = (image path, caption lines), gallery = list of
-    (image path, frame colour, caption lines) in rank order."""
+    (image path, frame colour, caption lines) in rank order; heats: None, or the heat maps
+    (query's first, then the gallery's in rank order) to lay over the images."""
     font = _font(11)
-    tiles = [_tile(query[0], QUERY, query[1], font)]
-    tiles += [_tile(image, colour, captions, font) for image, colour, captions in gallery]
+    heats = heats or [None] * (1 + len(gallery))
+    tiles = [_tile(query[0], QUERY, query[1], font, heats[0])]
+    tiles += [_tile(image, colour, captions, font, heat)
+              for (image, colour, captions), heat in zip(gallery, heats[1:])]
     sheet = Image.new('RGB', (sum(t.width for t in tiles) + 12, tiles[0].height), 'white')
     x = 0
     for i, t in enumerate(tiles):
@@ -77,9 +101,11 @@ def _label_at(values, i):
     return None if values is None else values[i]
 
 
-def save_rank_lists(result, out_dir, num_queries, topk=10):
+def save_rank_lists(result, out_dir, num_queries, topk=10, heat_mapper=None):
     """Write <out_dir>/<query index>_<query file>.jpg for the first num_queries queries: each
-    image captioned with its identity and camera, gallery images also with rank and distance."""
+    image captioned with its identity and camera, gallery images also with rank and distance;
+    heat_mapper(query path, gallery paths, query camid, gallery camids) -> heat maps (query's
+    first) lays them over the images."""
     if result.distmat is None:
         return []
     q_paths = result.q_paths or [None] * len(result.q_pids)
@@ -87,62 +113,38 @@ def save_rank_lists(result, out_dir, num_queries, topk=10):
     written = []
     for q in range(min(num_queries, len(result.q_pids))):
         query = (q_paths[q], ['query', labels(result.q_pids[q], _label_at(result.q_camids, q))])
+        shown = rank_list(result, q, topk)
         gallery = [(g_paths[j], MATCH if result.g_pids[j] == result.q_pids[q] else MISS,
                     [f'{r}: {result.distmat[q, j]:.3f}',
                      labels(result.g_pids[j], _label_at(result.g_camids, j))])
-                   for r, j in enumerate(rank_list(result, q, topk), 1)]
+                   for r, j in enumerate(shown, 1)]
+        heats = None
+        if heat_mapper is not None and q_paths[q] is not None:
+            heats = heat_mapper(q_paths[q], [g_paths[j] for j in shown],
+                                _label_at(result.q_camids, q),
+                                None if result.g_camids is None else result.g_camids[shown])
         name = os.path.splitext(os.path.basename(q_paths[q] or 'query'))[0]
-        written.append(draw_rank_list(query, gallery, os.path.join(out_dir, f'{q:05d}_{name}.jpg')))
+        written.append(draw_rank_list(query, gallery, os.path.join(out_dir, f'{q:05d}_{name}.jpg'),
+                                      heats))
     return written
 
 
-def save_evaluation_pictures(result, out_dir, num_queries, caption=''):
-    """Rank lists of the first num_queries queries (out_dir/rank_lists) and the CMC plot
-    (out_dir/cmc.png, titled with `caption`, mAP and Rank-1); logs where they went."""
-    lists = save_rank_lists(result, os.path.join(out_dir, 'rank_lists'), num_queries)
+def save_evaluation_pictures(result, out_dir, num_queries, caption='', heat_mapper=None):
+    """Rank lists of the first num_queries queries (out_dir/rank_lists, with heat maps when
+    heat_mapper is given), the CMC plot (out_dir/cmc.png and its numbers cmc.csv, titled with
+    `caption`, mAP and Rank-1) and, for a re-ranking sweep, its mAP heat map (sweep.png,
+    sweep.csv); logs where they went."""
+    lists = save_rank_lists(result, os.path.join(out_dir, 'rank_lists'), num_queries,
+                            heat_mapper=heat_mapper)
     title = ' | '.join(part for part in (caption, f'{result.protocol} protocol') if part)
     plot = plot_cmc({f'mAP {100 * result.mAP:.1f}%, Rank-1 {100 * result.cmc[0]:.1f}%':
                      result.cmc}, os.path.join(out_dir, 'cmc.png'), title=title)
     if lists:
         logger.info('rank lists of %d queries written to %s', len(lists), os.path.dirname(lists[0]))
     logger.info('CMC plot written to %s', plot)
+    if result.extra.get('rerank_sweep'):
+        metric = 'mAP' if 'mAP' in result.extra['rerank_sweep'][0] else \
+            [k for k in result.extra['rerank_sweep'][0] if k not in ('k1', 'k2', 'lambda')][0]
+        logger.info('re-ranking sweep plot written to %s', plot_sweep(
+            result.extra['rerank_sweep'], os.path.join(out_dir, 'sweep.png'), metric, title))
     return lists, plot
-
-
-def plot_cmc(curves, path, title='CMC', size=(640, 440)):
-    """Draw CMC curve(s) on a 0-100% axis: an array of fractions (legend: its Rank-1), or a
-    dict legend label -> array."""
-    if not isinstance(curves, dict):
-        curves = {f'Rank-1 {100 * float(np.asarray(curves)[0]):.1f}%': curves}
-    curves = {k: np.asarray(v, dtype=float) for k, v in curves.items()}
-    w, h = size
-    left, right, top, bottom = 60, 20, 36, 50
-    img = Image.new('RGB', size, 'white')
-    draw = ImageDraw.Draw(img)
-    font = _font(13)
-    ranks = max(len(c) for c in curves.values())
-
-    def xy(rank, value):
-        x = left + (rank - 1) / max(ranks - 1, 1) * (w - left - right)
-        return x, top + (1 - value) * (h - top - bottom)
-
-    for i in range(11):  # horizontal grid and y labels
-        y = xy(1, i / 10)[1]
-        draw.line([left, y, w - right, y], fill=(225, 225, 225))
-        draw.text((8, y - 6), f'{10 * i}%', fill='black', font=font)
-    for r in sorted({1, *range(5, ranks + 1, 5)}):
-        x = xy(r, 0)[0]
-        draw.line([x, h - bottom, x, h - bottom + 4], fill='black')
-        draw.text((x - 6, h - bottom + 8), str(r), fill='black', font=font)
-    draw.rectangle([left, top, w - right, h - bottom], outline='black')
-    draw.text((left, 10), title, fill='black', font=font)
-    draw.text((w // 2 - 15, h - 20), 'rank', fill='black', font=font)
-    for i, (label, cmc) in enumerate(curves.items()):
-        colour = COLOURS[i % len(COLOURS)]
-        draw.line([xy(r + 1, v) for r, v in enumerate(cmc)] if len(cmc) > 1 else [xy(1, cmc[0])] * 2,
-                  fill=colour, width=2)
-        y = h - bottom - 16 * (len(curves) - i) - 4  # legend at the lower right, below the curves
-        draw.text((w - right - 8 - font.getlength(label), y), label, fill=colour, font=font)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    img.save(path)
-    return path
