@@ -102,7 +102,7 @@ class _Collect:
         self.feats.append(item[0])
 
     def compute(self):
-        return SimpleNamespace(summary=lambda: {}, extra={})
+        return SimpleNamespace(summary=lambda: {}, extra={}, skipped_queries=0)
 
     def describe(self):
         return 'collected'

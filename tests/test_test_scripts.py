@@ -193,8 +193,13 @@ def test_script_numbers_equal_the_reference(tmp_path_factory, monkeypatch, name,
     result = run_test_main(monkeypatch, config,
                            case_opts(tmp_path_factory, name, 'TEST.WEIGHT', weights), rerank)
     assert result.protocol == protocol
-    assert list(result.summary()) == KEYS[protocol]
-    expected = reference(cfg, protocol, *features(cfg, data, model), data.num_query, rerank)
+    feats, pids, camids, paths = features(cfg, data, model)
+    keys = KEYS[protocol]
+    if protocol == 'vehicleid':  # a gallery of one image per identity: the CMC stops there
+        keys = [k for k in keys if not k.startswith('Rank-') or int(k[5:]) <= len(set(pids))]
+        assert len(keys) < len(KEYS[protocol])  # the generated split is that small
+    assert list(result.summary()) == keys
+    expected = reference(cfg, protocol, feats, pids, camids, paths, data.num_query, rerank)
     for key, value in result.summary().items():
         assert value == pytest.approx(expected[key], abs=1e-6), key
 
