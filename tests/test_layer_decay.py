@@ -112,3 +112,44 @@ def test_resnets_and_bad_values_stop_with_one_line(tiny_clip_files):
         for value in (0.0, 1.5, float('nan')):
             with pytest.raises(ReIDError, match=f'config key {key} must be in'):
                 load_config('', [key, value])
+
+
+class _Captured:
+    """Stands in for a method's Trainer: keeps the solver node and optimizer it was given."""
+    made = []
+
+    def __init__(self, cfg, solver_cfg, model, optimizer, *args, **kwargs):
+        self.made.append((solver_cfg, model, optimizer))
+
+    def run(self, start_epoch):
+        pass
+
+
+@pytest.mark.parametrize('method,key', [('pcl', 'SOLVER'), ('baseline', 'SOLVER'),
+                                        ('clipreid', 'SOLVER.STAGE2')])
+def test_each_method_s_recipe_applies_its_decay_key(tiny_clip_files, monkeypatch, method, key):
+    """processor.recipes hands the optimizer of PCL, the baseline and CLIP-ReID stage 2 the
+    node whose LAYER_DECAY applies (stage 1 trains the prompts only)."""
+    from types import SimpleNamespace
+
+    from processor import recipes
+    for name in ('PromptTrainer', 'ImageTrainer', 'PCLTrainer', 'BaselineTrainer'):
+        monkeypatch.setattr(recipes, name, _Captured)
+    monkeypatch.setattr(recipes, '_evaluator', lambda cfg, data: None)
+    monkeypatch.setattr(_Captured, 'made', [])
+    opts = ['MODEL.METHOD', method, f'{key}.LAYER_DECAY', 0.5, f'{key}.BASE_LR', 0.01]
+    cfg = load_config('', opts)
+    model = build(tiny_clip_files['vit', 'state_dict'], method, 5, 3, 2)
+    train = {'pcl': recipes.train_pcl, 'baseline': recipes.train_baseline,
+             'clipreid': recipes.train_clipreid}[method]
+    train(cfg, model, SimpleNamespace(num_classes=5), SimpleNamespace(device=None))
+    _, _, optimizer = _Captured.made[-1]
+    for group in optimizer.param_groups:  # the LRs before the scheduler's warmup factor
+        group['lr'] = group['initial_lr']
+    settings = _settings(optimizer, model)
+    assert settings['image_encoder.transformer.resblocks.0.attn.in_proj_weight'][0] == \
+        pytest.approx(0.0025)
+    assert settings['image_encoder.ln_post.weight'][0] == pytest.approx(0.01)
+    if method == 'clipreid':  # stage 1: prompts at the stage-1 LR, no decay
+        stage1 = _settings(_Captured.made[0][2], model)
+        assert set(stage1) == {'prompt_learner.cls_ctx'}
