@@ -1,7 +1,7 @@
 """Evaluation of a huge gallery within a memory budget: time and added peak memory.
 
     python benchmarks/bench_large_gallery.py                       # 5,000 x 1,000,000, dim 128, budget 2 GiB, CPU
-    python benchmarks/bench_large_gallery.py --queries 10000 --dim 256 --device cuda --budget 12
+    python benchmarks/bench_large_gallery.py --queries 10000 --dim 256 --device cuda --gpu-memory 16
 
 Each measurement runs in a fresh process. The features are made first (in place, so no
 temporary raises the peak); the figure is what evaluation adds on top of them: on the CPU
@@ -9,6 +9,9 @@ the peak resident memory during R1_mAP_eval.compute() (Linux VmHWM, reset just b
 less the resident memory before it, on a GPU
 torch.cuda.max_memory_allocated() minus the memory allocated before. The floor is one Q x G
 matrix product of the same features, made in row blocks into one reused buffer.
+--gpu-memory GIB makes a larger GPU behave as one of that size: allocations past it fail
+(torch.cuda.set_per_process_memory_fraction), and the budget is the auto one such a GPU gets
+(half its memory less what is allocated) unless --budget says otherwise.
 """
 import argparse
 import json
@@ -62,10 +65,20 @@ def peak_bytes(device):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def limit_gpu(args):
+    """Emulate a GPU of --gpu-memory GiB; the budget it would get by default (GiB)."""
+    import torch
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, args.gpu_memory * GIB / total))
+    return args.budget or 0.5 * (args.gpu_memory * GIB - torch.cuda.memory_allocated()) / GIB
+
+
 def run_evaluation(args):
     import torch
     from utils.metrics import R1_mAP_eval
     feats, pids, camids = make_features(args)
+    if args.gpu_memory:
+        args.budget = limit_gpu(args)
     evaluator = R1_mAP_eval(args.queries, feat_norm='yes', keep_distmat=False,
                             memory_budget=args.budget)
     evaluator.update((feats, pids, camids))
@@ -82,7 +95,7 @@ def run_evaluation(args):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     return {'seconds': seconds, 'added_gib': (peak_bytes(args.device) - before) / GIB,
-            'mAP': result.mAP, 'rank1': float(result.cmc[0])}
+            'budget_gib': args.budget, 'mAP': result.mAP, 'rank1': float(result.cmc[0])}
 
 
 def run_floor(args):
@@ -102,8 +115,10 @@ def run_floor(args):
 
 def measure(args, what):
     cmd = [sys.executable, __file__, '--child', what, '--queries', str(args.queries),
-           '--gallery', str(args.gallery), '--dim', str(args.dim), '--budget', str(args.budget),
-           '--device', args.device, '--threads', str(args.threads)]
+           '--gallery', str(args.gallery), '--dim', str(args.dim), '--device', args.device,
+           '--threads', str(args.threads), '--gpu-memory', str(args.gpu_memory)]
+    if args.budget is not None:
+        cmd += ['--budget', str(args.budget)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if out.returncode:
         sys.exit(f'{what} failed:\n{out.stderr}')
@@ -115,11 +130,16 @@ def main():
     parser.add_argument('--queries', type=int, default=5000)
     parser.add_argument('--gallery', type=int, default=1_000_000)
     parser.add_argument('--dim', type=int, default=128)
-    parser.add_argument('--budget', type=float, default=2.0, help='TEST.MEMORY_BUDGET, GiB')
+    parser.add_argument('--budget', type=float, default=None,
+                        help='TEST.MEMORY_BUDGET, GiB (default 2; with --gpu-memory, that GPU\'s auto one)')
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--gpu-memory', type=float, default=0,
+                        help='GiB: behave as a GPU of this size (0: the whole device)')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: torch default)')
     parser.add_argument('--child', choices=('evaluation', 'floor'), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.budget is None and not args.gpu_memory:
+        args.budget = 2.0
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,9 +151,10 @@ def main():
     ev = measure(args, 'evaluation')
     device = torch.cuda.get_device_name() if args.device == 'cuda' else f'CPU, {torch.get_num_threads()} threads'
     print(f'device: {device}; load average {os.getloadavg()[0]:.2f}')
+    gpu = f' on {args.gpu_memory:g} GiB' if args.gpu_memory else ''
     print('| size | budget | evaluation | one Q x G product | ratio | added peak memory |')
     print('| --- | --- | --- | --- | --- | --- |')
-    print(f'| {args.queries:,} x {args.gallery:,}, dim {args.dim} | {args.budget:g} GiB | '
+    print(f'| {args.queries:,} x {args.gallery:,}, dim {args.dim}{gpu} | {ev["budget_gib"]:.3g} GiB | '
           f'{ev["seconds"]:.1f} s | {floor["seconds"]:.1f} s | '
           f'{ev["seconds"] / floor["seconds"]:.2f}x | {ev["added_gib"]:.2f} GiB |')
 

@@ -8,6 +8,8 @@ Steps, each with a time limit, stopping at the first failure with its output:
   4. bench_eval.py at MSMT17 size on CUDA: evaluation and re-ranking against their floors
   5. step 3's state resumed into fp16 + GradScaler, by one plain process and by torchrun
   6. the same first iterations in fp32, bf16 and fp16: their losses compared
+  7. bench_large_gallery.py: 10,000 x 1,000,000 at dim 256 evaluated on the GPU limited to
+     16 GiB, with the auto memory budget such a GPU gets
 Then one Markdown table, as in benchmarks/README.md, naming the device.
 
 --dry-run runs the same steps on the CPU at toy sizes (tiny CLIP, 64x32 images, a toy
@@ -185,8 +187,22 @@ def step_eval(args):
     return rows
 
 
+def step_large(args):
+    sizes = (['--queries', '200', '--gallery', '20000', '--dim', '32', '--budget', '0.05']
+             if args.dry_run else ['--queries', '10000', '--gallery', '1000000', '--dim', '256',
+                                   '--device', 'cuda', '--gpu-memory', '16'])
+    text = call([sys.executable, 'benchmarks/bench_large_gallery.py', *sizes], 300)
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')]
+        if line.startswith('| ') and len(cells) == 6 and cells[0] not in ('size', '---'):
+            size, budget, ours, floor, ratio, peak = cells
+            return [['large gallery', f'{size}, budget {budget}', f'{ratio} ({floor})', ours, peak]]
+    raise StepFailed(f'bench_large_gallery printed no table:\n{text[-3000:]}')
+
+
 STEPS = [('tests', step_tests), ('train', step_train), ('torchrun', step_torchrun),
-         ('eval', step_eval), ('resume', step_resume), ('precision', step_precision)]
+         ('eval', step_eval), ('resume', step_resume), ('precision', step_precision),
+         ('large', step_large)]
 
 
 def device_name(dry_run):
