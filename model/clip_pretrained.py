@@ -142,7 +142,8 @@ def fetch(spec):
         path = oc_pretrained.download_pretrained(tag_cfg, cache_dir=None if hub else folder)
     except (OSError, RuntimeError, ValueError, http.client.HTTPException) as err:
         reason = one_line(getattr(err, 'reason', None) or err)
-        raise ReIDError(f'CLIP weights {spec.name} {spec.tag} could not be downloaded '
+        raise ReIDError(f'CLIP weights of MODEL.NAME {spec.name!r} MODEL.CLIP_PRETRAINED '
+                        f'{spec.tag!r} could not be downloaded '
                         f'({reason[:300]}); place {filename} (from {where}) in {folder}, or set '
                         'MODEL.PRETRAIN_PATH to its path') from None
     if not path or not os.path.isfile(path):

@@ -104,14 +104,7 @@ def resolve_clip_file(name, pretrain_path=''):
 
 def read_clip_file(path):
     """A state_dict from either OpenAI format (TorchScript archive, or torch.save'd
-    state_dict), or from open_clip's safetensors file."""
-    if str(path).endswith('.safetensors'):
-        from safetensors.torch import load_file  # open_clip's hub files; comes with open_clip
-        try:
-            return {k.removeprefix('module.'): v for k, v in load_file(path).items()}
-        except Exception as err:  # noqa: BLE001 - any unreadable file gets the same answer
-            raise ReIDError(f'{path} is not a readable safetensors file ({type(err).__name__})'
-                            ) from None
+    state_dict); torch.load also reads open_clip's safetensors files."""
     try:
         with warnings.catch_warnings():  # torch marks TorchScript deprecated; OpenAI uses it
             warnings.simplefilter('ignore', FutureWarning)

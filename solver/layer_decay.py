@@ -20,7 +20,8 @@ def layer_decay_scales(model, decay):
     if not hasattr(encoder, 'decay_depths'):
         raise ReIDError(f'config key LAYER_DECAY={decay} (SOLVER.LAYER_DECAY, for CLIP-ReID '
                         'SOLVER.STAGE2.LAYER_DECAY) needs a ViT image encoder; this model has '
-                        f'{type(encoder).__name__}: set it to 1.0')
+                        f'{type(encoder).__name__ if encoder is not None else "none"}: set it '
+                        'to 1.0')
     params = dict(encoder.named_parameters())
     return {id(params[name]): decay ** depth for name, depth in encoder.decay_depths().items()}
 

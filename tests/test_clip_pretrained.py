@@ -217,14 +217,33 @@ def _offline(*args, **kwargs):
     raise urllib.error.URLError('network is unreachable')
 
 
-def test_a_placed_file_is_found_without_the_network(tiny_clip_files, cache, monkeypatch):
+@pytest.mark.parametrize('placed', ['open_clip_pytorch_model.bin', 'open_clip_model.safetensors'])
+def test_a_placed_file_is_found_without_the_network(tiny_clip_files, cache, monkeypatch, placed):
     monkeypatch.setattr(oc_pretrained, 'download_pretrained', _offline)
     folder = cache / LAION_REPO
     folder.mkdir(parents=True)
-    (folder / 'open_clip_pytorch_model.bin').write_bytes(
-        open(tiny_clip_files['vit', 'state_dict'], 'rb').read())
+    state_dict = torch.load(tiny_clip_files['vit', 'state_dict'], weights_only=True)
+    if placed.endswith('.safetensors'):  # the hub's other format
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / placed))
+    else:
+        torch.save(state_dict, folder / placed)
     clip_model, _ = load_clip(_tag_cfg())
     assert _activations(clip_model) == {'GELU'}
+    assert torch.equal(clip_model.visual.proj.half(), state_dict['visual.proj'])
+
+
+def test_other_tower_settings_of_open_clip_s_config_are_built():
+    """ViT-g-14's MLP ratio comes from open_clip's model config, and reaches the towers."""
+    spec = pretraining('ViT-g-14', 'laion2b_s34b_b88k')
+    assert spec.vision == {'mlp_ratio': 4.3637} and spec.text == {}
+    from dataclasses import replace
+
+    from model.clip_backbone import build_clip
+    from model.tiny_clip import TINY_ARCHS
+    model = build_clip(TINY_ARCHS['vit'], replace(spec, vision={'mlp_ratio': 2.0}))
+    assert model.visual.transformer.resblocks[0].mlp.c_fc.out_features == 128  # width 64 x 2
+    assert model.transformer.resblocks[0].mlp.c_fc.out_features == 4 * 128
 
 
 @pytest.mark.parametrize('hub', [True, False])
@@ -239,6 +258,7 @@ def test_offline_stops_with_one_line_naming_file_and_folder(cache, monkeypatch, 
             'vit_base_patch16_clip_224.metaclip_2pt5b'
     else:
         file, folder = 'b16_fullcc2.5b.pt', cache
+    assert "MODEL.CLIP_PRETRAINED 'metaclip_fullcc'" in message
     assert f'place {file} (from ' in message and f' in {folder}, or set MODEL.PRETRAIN_PATH' \
         in message
     assert 'network is unreachable' in message and '\n' not in message
