@@ -56,7 +56,13 @@ def plot_curves(cfg):
 
 def test_main(description, rerank=False):
     args = parse_args(description)
-    cfg, state_dict = read_trained(config_for('', args))
+    return evaluate(config_for('', args), rerank)
+
+
+def evaluate(cfg, rerank=False):
+    """The test scripts' evaluation of cfg's TEST.WEIGHT (re-ranked when `rerank` or
+    TEST.RE_RANKING); returns the EvalResult."""
+    cfg, state_dict = read_trained(cfg)
     runtime = setup_run(cfg, 'test_rerank_log.txt' if rerank else 'test_log.txt')
     cfg.defrost()
     cfg.TEST.RE_RANKING = cfg.TEST.RE_RANKING or rerank

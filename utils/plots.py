@@ -68,7 +68,7 @@ def plot_cmc(curves, path, title='CMC'):
     ax.legend(loc='lower right', fontsize=9)
     fig.tight_layout()
     _write_csv(beside(path), ['rank', *curves],
-               [[r + 1, *(f'{c[r]:.6g}' if r < len(c) else '' for c in curves.values())]
+               [[r + 1, *(repr(float(c[r])) if r < len(c) else '' for c in curves.values())]
                 for r in range(ranks)])
     return _save(fig, path)
 
@@ -128,7 +128,7 @@ def plot_sweep(table, path, metric='mAP', title='re-ranking sweep'):
     fig.colorbar(image, ax=list(axes), label=f'{metric} (%)')
     fig.suptitle(title, fontsize=10)
     _write_csv(beside(path), ['k1', 'k2', 'lambda', metric],
-               [[row['k1'], row['k2'], f'{row["lambda"]:g}', f'{row[metric]:.6g}']
+               [[row['k1'], row['k2'], repr(float(row['lambda'])), repr(float(row[metric]))]
                 for row in table])
     return _save(fig, path)
 
@@ -162,8 +162,16 @@ def plot_training_curves(metrics_csv, path, title=''):
     a column per stage, x = the stage's iteration. Validation metrics are drawn in %, the
     rest as logged. Writes path and beside(path): stage, name, iteration, value of every
     point drawn (the metrics.csv values). Returns path, or None when the file holds no rows."""
+    from .errors import ReIDError
     from .training_log import read_metrics
-    series = curve_series(read_metrics(metrics_csv))
+    try:
+        rows = read_metrics(metrics_csv)
+    except OSError as err:
+        raise ReIDError(f'cannot read {metrics_csv}: {err.strerror}') from None
+    except (KeyError, ValueError, TypeError) as err:
+        raise ReIDError(f'{metrics_csv} is not a metrics.csv of a training run (columns stage, '
+                        f'epoch, iteration, name, value): {type(err).__name__}: {err}') from None
+    series = curve_series(rows)
     if not series:
         return None
     names = [n for stage in series.values() for n in stage]
@@ -181,7 +189,7 @@ def plot_training_curves(metrics_csv, path, title=''):
                 ax.plot(x, scale * y, label=name.split('/', 1)[1],
                         marker='o' if name.startswith(('val/', 'cluster/')) else None,
                         markersize=3, linewidth=1.4)
-                drawn += [(stage, name, int(i), f'{v:.6g}') for i, v in zip(x, y)]
+                drawn += [(stage, name, int(i), repr(float(v))) for i, v in zip(x, y)]
             if panel == 'learning rate' and ax.lines:
                 ax.set_yscale('log')
             if ax.lines:
