@@ -2,12 +2,14 @@
 labels, never reads the train labels (true and scrambled identities give bit-identical
 weights), resumes exactly, its checkpoints test like supervised PCL's, and clustering that
 leaves nothing to train on stops with the keys to change."""
+import csv
 import re
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from _e2e_helpers import (build, demo_root, epoch_losses, load_cfg, logged_results, read_log,
                           run_script, small_opts, tiny_clip)
@@ -19,6 +21,7 @@ from processor.recipes import train_pcl
 from utils.checkpoint import load_training_state
 from utils.errors import ReIDError
 from utils.runtime import config_for
+from utils.training_log import read_metrics
 
 CONFIG = 'pcl/market1501_unsup.yml'
 EPOCHS = 8
@@ -40,7 +43,8 @@ def learning_opts():
             'SOLVER.OPTIMIZER_NAME', 'Adam', 'SOLVER.BASE_LR', 0.0012,
             'SOLVER.MAX_EPOCHS', EPOCHS, 'SOLVER.ITERS', 20, 'SOLVER.WARMUP_ITERS', 1,
             'SOLVER.STEPS', f'[{EPOCHS + 1}]', 'SOLVER.LOG_PERIOD', 10,
-            'SOLVER.EVAL_PERIOD', EPOCHS, 'SOLVER.CHECKPOINT_PERIOD', EPOCHS, *SMALL_CLUSTERING]
+            'SOLVER.EVAL_PERIOD', EPOCHS, 'SOLVER.CHECKPOINT_PERIOD', EPOCHS, *SMALL_CLUSTERING,
+            'SOLVER.PLOT_CURVES', 'True']
 
 
 @pytest.fixture(scope='module')
@@ -69,6 +73,24 @@ def test_learns_without_labels(learned):
     start = torch.load(clip, weights_only=True)
     assert torch.equal(weights['image_encoder.conv1.weight'], start['visual.conv1.weight'].float())
     assert weights['classifier.weight'].shape[0] == 1  # no identities: one untrained row
+
+
+def test_curves_png_draws_metrics_csv_with_every_clustering(learned):
+    """SOLVER.PLOT_CURVES: curves.png at the end of training; the numbers it drew (curves.csv)
+    are metrics.csv's, which holds clusters, outliers, NMI and ARI of every clustering."""
+    log, _, out, _ = learned
+    with Image.open(out / 'curves.png') as img:
+        assert img.format == 'PNG' and img.width > 400
+    drawn = [(r['stage'], r['name'], int(r['iteration']), float(r['value']))
+             for r in csv.DictReader(open(out / 'curves.csv', newline=''))]
+    logged = [(r['stage'], r['name'], r['iteration'], r['value'])
+              for r in read_metrics(out / 'metrics.csv')]
+    assert sorted(drawn) == sorted(logged)
+    clusterings = [m.groups() for m in CLUSTERING_LINE.finditer(log)]
+    for name, column in (('cluster/clusters', 1), ('cluster/outliers', 2), ('cluster/nmi', 5)):
+        values = [value for _, n, _, value in drawn if n == name]
+        assert np.allclose(values, [float(c[column]) for c in clusterings], atol=5e-4), name
+    assert len([n for _, n, _, _ in drawn if n == 'cluster/ari']) == EPOCHS
 
 
 def test_test_script_reproduces_the_final_validation(learned):
