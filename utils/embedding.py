@@ -68,7 +68,7 @@ def plot_embedding(coords, labels, camids, paths, path, title='', legend='identi
     from .plots import _save, _write_csv, beside
     labels = np.asarray(labels)
     cams = np.zeros(len(labels), dtype=np.int64) if camids is None else np.asarray(camids)
-    fig = Figure(figsize=(7.5, 6))
+    fig = Figure(figsize=(7.5, 6), layout='constrained')
     ax = fig.add_subplot()
     colours = colormaps['tab20'] if len(np.unique(labels)) > 10 else colormaps['tab10']
     for i, label in enumerate(np.unique(labels)):
@@ -91,7 +91,6 @@ def plot_embedding(coords, labels, camids, paths, path, title='', legend='identi
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
     _write_csv(beside(path), ['path', legend, 'camid', 'x', 'y'],
                [[p, int(lab), '' if camids is None else int(c), repr(float(x)), repr(float(y))]
                 for p, lab, c, (x, y) in zip(paths, labels, cams, coords)])

@@ -54,7 +54,7 @@ def plot_cmc(curves, path, title='CMC'):
     curves = OrderedDict((str(k), np.asarray(v, dtype=float).reshape(-1))
                          for k, v in curves.items())
     ranks = max(len(c) for c in curves.values())
-    fig = Figure(figsize=(6.4, 4.4))
+    fig = Figure(figsize=(6.4, 4.4), layout='constrained')
     ax = fig.add_subplot()
     for label, cmc in curves.items():
         ax.plot(np.arange(1, len(cmc) + 1), 100 * cmc, label=label, linewidth=1.8,
@@ -66,7 +66,6 @@ def plot_cmc(curves, path, title='CMC'):
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     ax.legend(loc='lower right', fontsize=9)
-    fig.tight_layout()
     _write_csv(beside(path), ['rank', *curves],
                [[r + 1, *(repr(float(c[r])) if r < len(c) else '' for c in curves.values())]
                 for r in range(ranks)])
@@ -103,7 +102,7 @@ def plot_sweep(table, path, metric='mAP', title='re-ranking sweep'):
     k1s = sorted({row['k1'] for row in table})
     k2s = sorted({row['k2'] for row in table})
     lams = sorted({row['lambda'] for row in table})
-    fig = Figure(figsize=(1.2 + 3.2 * len(k2s), 0.8 + 0.45 * len(k1s) + 1.2))
+    fig = Figure(figsize=(1.2 + 3.2 * len(k2s), 2.2 + 0.45 * len(k1s)), layout='constrained')
     axes = fig.subplots(1, len(k2s), squeeze=False)[0]
     values = [100 * row[metric] for row in table]
     low, high = min(values), max(values)
@@ -123,7 +122,8 @@ def plot_sweep(table, path, metric='mAP', title='re-ranking sweep'):
         ax.set_xticks(range(len(lams)), [f'{v:g}' for v in lams])
         ax.set_yticks(range(len(k1s)), [str(v) for v in k1s])
         ax.set_xlabel('lambda')
-        ax.set_ylabel('k1')
+        if ax is axes[0]:
+            ax.set_ylabel('k1')
         ax.set_title(f'k2 = {k2}', fontsize=10)
     fig.colorbar(image, ax=list(axes), label=f'{metric} (%)')
     fig.suptitle(title, fontsize=10)
@@ -135,7 +135,9 @@ def plot_sweep(table, path, metric='mAP', title='re-ranking sweep'):
 
 # ----- training curves ----------------------------------------------------------------------
 PANELS = (  # (title, which names) in the order drawn, top to bottom
-    ('losses', lambda name: name.startswith('train/') and name != 'train/lr'),
+    ('losses', lambda name: name.startswith('train/') and name != 'train/lr'
+     and not name.startswith('train/acc')),
+    ('training accuracy', lambda name: name.startswith('train/acc')),
     ('learning rate', lambda name: name == 'train/lr'),
     ('validation (%)', lambda name: name.startswith('val/')),
     ('clustering: clusters, outliers', lambda name: name in ('cluster/clusters',
@@ -176,7 +178,7 @@ def plot_training_curves(metrics_csv, path, title=''):
         return None
     names = [n for stage in series.values() for n in stage]
     panels = [(t, keep) for t, keep in PANELS if any(keep(n) for n in names)]
-    fig = Figure(figsize=(1 + 4.6 * len(series), 0.6 + 2.4 * len(panels)))
+    fig = Figure(figsize=(1 + 4.6 * len(series), 0.6 + 2.4 * len(panels)), layout='constrained')
     axes = fig.subplots(len(panels), len(series), squeeze=False)
     drawn = []
     for col, (stage, curves) in enumerate(series.items()):
@@ -200,6 +202,5 @@ def plot_training_curves(metrics_csv, path, title=''):
                 ax.set_xlabel('iteration')
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     _write_csv(beside(path), ['stage', 'name', 'iteration', 'value'], drawn)
     return _save(fig, path)
