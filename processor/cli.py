@@ -47,9 +47,10 @@ def train_main(method, description):
 def plot_curves(cfg):
     """OUTPUT_DIR/curves.png (and curves.csv) of the run's metrics.csv."""
     from utils.plots import plot_training_curves
+    method = cfg.MODEL.METHOD + (' unsupervised' if cfg.MODEL.UNSUPERVISED else '')
     path = plot_training_curves(os.path.join(cfg.OUTPUT_DIR, 'metrics.csv'),
                                 os.path.join(cfg.OUTPUT_DIR, 'curves.png'),
-                                title=f'{cfg.MODEL.METHOD} | {cfg.DATASETS.NAMES}')
+                                title=f'{method} | {cfg.DATASETS.NAMES} | {cfg.OUTPUT_DIR}')
     if path:
         get_logger().info('training curves drawn in %s', path)
 

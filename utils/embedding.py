@@ -78,16 +78,13 @@ def plot_embedding(coords, labels, camids, paths, path, title='', legend='identi
                 ax.scatter(coords[rows, 0], coords[rows, 1], s=28, alpha=0.85,
                            color=colours(i % colours.N), marker=MARKERS[int(cam) % len(MARKERS)],
                            edgecolors='black', linewidths=0.3)
-    handles = [ax.scatter([], [], color=colours(i % colours.N), marker='o', label=f'{legend} {v}')
+    handles = [ax.scatter([], [], color=colours(i % colours.N), marker='o', label=str(v))
                for i, v in enumerate(np.unique(labels)[:20])]
-    first = ax.legend(handles=handles, fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1),
-                      title=legend)
+    fig.legend(handles=handles, fontsize=7, loc='outside right upper', title=legend)
     if camids is not None:
-        ax.add_artist(first)
         marks = [ax.scatter([], [], color='grey', marker=MARKERS[int(c) % len(MARKERS)],
                             label=f'cam {int(c)}') for c in np.unique(cams)]
-        ax.legend(handles=marks, fontsize=7, loc='lower left', bbox_to_anchor=(1.01, 0),
-                  title='camera')
+        fig.legend(handles=marks, fontsize=7, loc='outside right lower', title='camera')
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title, fontsize=10)

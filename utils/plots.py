@@ -179,7 +179,7 @@ def plot_training_curves(metrics_csv, path, title=''):
     names = [n for stage in series.values() for n in stage]
     panels = [(t, keep) for t, keep in PANELS if any(keep(n) for n in names)]
     fig = Figure(figsize=(1 + 4.6 * len(series), 0.6 + 2.4 * len(panels)), layout='constrained')
-    axes = fig.subplots(len(panels), len(series), squeeze=False)
+    axes = fig.subplots(len(panels), len(series), squeeze=False, sharex='col')
     drawn = []
     for col, (stage, curves) in enumerate(series.items()):
         for row, (panel, keep) in enumerate(panels):
