@@ -73,7 +73,8 @@ def test_auto_is_tsne_without_umap_and_umap_asks_for_it(npz, tmp_path, capsys):
 
 def test_colour_by_clusters_of_the_run_settings(npz, tmp_path, capsys):
     path, feats, _, _, paths = npz
-    settings = ['CLUSTER.K1', '8', 'CLUSTER.K2', '2', 'CLUSTER.EPS', '0.5', 'CLUSTER.MIN_SAMPLES', '3']
+    settings = ['CLUSTER.K1', '8', 'CLUSTER.K2', '2', 'CLUSTER.EPS', '0.5',
+                'CLUSTER.MIN_SAMPLES', '3']
     code, _, err = run_tool('embed_plot.py', ['--config_file', '', '--features', path,
                                               '--color-by', 'cluster', '--ids', 3,
                                               '--method', 'tsne', '--output', tmp_path / 'c.png',

@@ -168,7 +168,8 @@ def test_explain_tool_writes_pictures_and_maps(tmp_path, tmp_path_factory, capsy
     opts = save_model(tmp_path, clip)
     gallery = write_pictures(tmp_path / 'gallery', 6)
     wide = str(tmp_path / 'wide.png')  # a query of another size
-    Image.fromarray(np.random.RandomState(9).randint(0, 256, (40, 70, 3), dtype=np.uint8)).save(wide)
+    pixels = np.random.RandomState(9).randint(0, 256, (40, 70, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(wide)
     out = tmp_path / 'out'
     code, stdout, err = run_tool('explain.py', ['--config_file', '', '--query', gallery[0],
                                                 wide, *opts, '--gallery',

@@ -54,7 +54,8 @@ def sweep_result(tmp_path):
     feats = torch.tensor(rng.standard_normal((10, 16))[pids] + 0.8 * rng.standard_normal((50, 16)),
                          dtype=torch.float32)
     cams = rng.integers(0, 3, len(pids))
-    cfg = load_config('', ['OUTPUT_DIR', str(tmp_path), 'TEST.VISUALIZE', '1', 'TEST.MAX_RANK', '10',
+    cfg = load_config('', ['OUTPUT_DIR', str(tmp_path), 'TEST.VISUALIZE', '1',
+                           'TEST.MAX_RANK', '10',
                            'TEST.RE_RANKING', 'True', 'TEST.RE_RANKING_K1', '[4, 6, 8]',
                            'TEST.RE_RANKING_K2', '[1, 3]', 'TEST.RE_RANKING_LAMBDA', '[0.1, 0.3]'])
     evaluator = make_evaluator(cfg, 20, 'standard')
@@ -106,7 +107,8 @@ def test_training_curves_draw_metrics_csv(tmp_path):
     metrics = write_log(tmp_path)
     path = plot_training_curves(str(metrics), str(tmp_path / 'curves.png'))
     width, height = png(path)
-    assert (width, height) == (round(100 * (1 + 4.6 * 2)), round(100 * (0.6 + 2.4 * 5)))  # 2 stages, 5 panels
+    # 2 stages, 5 panels
+    assert (width, height) == (round(100 * (1 + 4.6 * 2)), round(100 * (0.6 + 2.4 * 5)))
     drawn = [(r['stage'], r['name'], int(r['iteration']), float(r['value']))
              for r in rows_of(beside(path))]
     logged = [(r['stage'], r['name'], r['iteration'], r['value']) for r in read_metrics(metrics)]

@@ -88,7 +88,8 @@ def read_cmc_csv(path):
         try:
             curves[label] = np.array([float(r[col]) for r in rows[1:] if r[col] != ''])
         except (ValueError, IndexError):
-            raise ReIDError(f'{path}: column {label!r} holds a value that is not a number') from None
+            raise ReIDError(f'{path}: column {label!r} holds a value that is not a '
+                            'number') from None
     return curves
 
 
