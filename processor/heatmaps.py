@@ -32,6 +32,10 @@ serves the ResNet. Where it is read:
   paper: weights = gradient averaged over the map, map = ReLU(sum over channels of weight x
   activation); 55% of the heat in the region above after the same training (untrained 6%).
 
+SIE: camera ids given with the images reach the camera embedding (MODEL.SIE_CAMERA) as in
+evaluation; a model that also embeds views (MODEL.SIE_VIEW) gets no SIE embedding here, as
+view ids are not passed (its maps are those of features without it).
+
 The images are transformed as evaluation does (a plain resize to INPUT.SIZE_TEST), so the
 map on the grid is resized back to each image's size bilinearly. The part of the network
 before the read layer runs once without gradients; only the rest (one block, or the

@@ -218,7 +218,7 @@ def test_rank_lists_caption_identity_and_camera(run, monkeypatch):
         assert lines[-1] == f'id {int(pid)} cam {int(cam[1]) - 1}'
 
 
-def test_cmc_plot_names_dataset_checkpoint_map_and_spans_0_to_100(run, monkeypatch, tmp_path):
+def test_cmc_plot_names_dataset_checkpoint_map_and_writes_its_numbers(run, monkeypatch, tmp_path):
     import utils.visualize as visualize
     out, _ = run
     drawn = []
