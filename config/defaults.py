@@ -110,8 +110,15 @@ _C.INPUT.PADDING = 10
 # -----------------------------------------------------------------------------
 _C.DATASETS = CN()
 # Dataset name in the registry (market1501, msmt17, veri, dukemtmc, occ_duke,
-# VehicleID, animals, custom, ...)
+# VehicleID, animals, custom, cuhk03_np, ...); a list, e.g. ('market1501', 'msmt17'), trains
+# on their union (identities and cameras offset per dataset, as fast-reid's DATASETS.NAMES)
 _C.DATASETS.NAMES = 'market1501'
+# Datasets to evaluate on, e.g. ('msmt17',) for direct transfer; each by its own protocol,
+# found under ROOT_DIR by its usual folder name. () = the training dataset(s). The first
+# one's figures are the run's summary
+_C.DATASETS.TEST_NAMES = ()
+# CUHK03-NP: 'labeled' (hand-drawn boxes) or 'detected' (DPM boxes)
+_C.DATASETS.CUHK03_VARIANT = 'labeled'
 # Root folder holding the dataset folders
 _C.DATASETS.ROOT_DIR = '../data'
 # Animals: folder holding the test images (probe and gallery lists are relative to it)

@@ -32,6 +32,23 @@ _UNSUPPORTED_VALUES = {'MODEL.COS_LAYER': (True, 'True')}
 # Keys that take a number or a non-empty list of numbers of the default's type (a sweep).
 NUMBER_OR_LIST_KEYS = frozenset(
     ['TEST.RE_RANKING_K1', 'TEST.RE_RANKING_K2', 'TEST.RE_RANKING_LAMBDA'])
+# Keys naming datasets: DATASETS.NAMES is one name or a tuple of several (a one-item list is
+# the name, as upstream's NAMES: ('market1501')); DATASETS.TEST_NAMES is always a tuple.
+DATASET_LIST_KEYS = frozenset(['DATASETS.NAMES', 'DATASETS.TEST_NAMES'])
+
+
+def _dataset_names(name, value):
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(
+            isinstance(n, str) and n.strip() for n in names):
+        raise ReIDError(f'config key {name}: expected a dataset name or a list of names, '
+                        f'got {value!r}')
+    names = tuple(n.strip() for n in names)
+    if name == 'DATASETS.TEST_NAMES':
+        return names
+    if not names:
+        raise ReIDError(f'config key {name}: expected a dataset name, got {value!r}')
+    return names[0] if len(names) == 1 else names
 
 
 def _flatten(tree, prefix=''):
@@ -55,6 +72,8 @@ def _literal(value):
 def _coerce(name, value, default):
     """Cast an override to the type of its default, as yacs does, with int -> float allowed."""
     value = _literal(value)
+    if name in DATASET_LIST_KEYS:
+        return _dataset_names(name, value)
     if name in NUMBER_OR_LIST_KEYS:
         number = _C
         for part in name.split('.'):

@@ -40,6 +40,7 @@ def parse_maybe_labelled(fields, list_path, lineno):
 
 
 class Animals(ReIDDataset):
+    list_keys = ('TRAIN_LIST', 'QUERY_LIST', 'GALLERY_LIST', 'TEST_ROOT_DIR', 'DATA_DIR')
     def __init__(self, root='', verbose=True, on_bad_image='error', species='tiger',
                  data_dir='Animal-Seg-V3', test_root='', train_list='', query_list='',
                  gallery_list='', evaluation_only=False, **kwargs):

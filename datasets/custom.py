@@ -40,6 +40,7 @@ def parse_custom_line(fields, list_path, lineno):
 
 class CustomDataset(ReIDDataset):
     object_word = 'object'
+    list_keys = ('TRAIN_LIST', 'QUERY_LIST', 'GALLERY_LIST')
 
     def __init__(self, root='', verbose=True, on_bad_image='error', train_list='',
                  query_list='', gallery_list='', evaluation_only=False, **kwargs):

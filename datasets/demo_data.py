@@ -11,7 +11,8 @@ matches in other cameras.
         vehicleid,animals,custom] [--ids N] [--seed S] [--cameras C] [--per-camera K]
 
 Layouts (folder under root): market1501 (Market-1501-v15.09.15, with junk -1 and distractor
-0000 pictures in the gallery), dukemtmc (dukemtmcreid/DukeMTMC-reID), occ_duke
+0000 pictures in the gallery), cuhk03_np (cuhk03-np/labeled and cuhk03-np/detected, two
+cameras), dukemtmc (dukemtmcreid/DukeMTMC-reID), occ_duke
 (dukemtmcreid/Occluded_Duke), msmt17 (MSMT17, V1 lists), veri (VeRi, with viewpoint files),
 vehicleid (VehicleID_V1.0), animals (animals: yak and tiger list layouts; use root/animals as
 DATASETS.ROOT_DIR) and custom (custom: the list format of datasets/custom.py). A layout whose
@@ -43,6 +44,7 @@ LAYOUTS = {  # name -> (folder under root, kind of object, writer)
     'occ_duke': ('dukemtmcreid/Occluded_Duke', 'person',
                  lambda out, shots, rng: L.write_market_like(out, shots, rng, 'duke', 0, 0)),
     'msmt17': ('MSMT17', 'person', L.write_msmt17),
+    'cuhk03_np': ('cuhk03-np', 'person', L.write_cuhk03_np),
     'veri': ('VeRi', 'vehicle', L.write_veri),
     'vehicleid': ('VehicleID_V1.0', 'vehicle', L.write_vehicleid),
     'custom': ('custom', 'person', L.write_custom),
@@ -109,8 +111,8 @@ def generate(root, layouts=('market1501',), ids=24, seed=0, cameras=4, per_camer
              size=(128, 64), species=('yak', 'tiger')):
     """Write the requested layouts under root; returns {layout: counts}, where counts is
     {split: {'ids', 'images', 'cams'}} plus layout extras (market1501: 'junk', 'distractors';
-    msmt17: 'val'; veri: 'train_views'; vehicleid: 'test_800' ...; animals: one such dict
-    per species). A layout whose folder already exists is skipped and maps to None."""
+    msmt17: 'val'; cuhk03_np: 'detected'; veri: 'train_views'; vehicleid: 'test_800' ...;
+    animals: one such dict per species). A layout whose folder already exists is skipped and maps to None."""
     spec = DemoSpec(ids, cameras, per_camera, tuple(size), seed)
     unknown = [name for name in layouts if name not in LAYOUTS]
     if unknown:

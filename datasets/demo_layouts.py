@@ -65,6 +65,28 @@ def write_market_like(out, shots, rng, style, junk=3, distractors=4):
     return tally.counts(junk=junk, distractors=distractors)
 
 
+def write_cuhk03_np(out, shots, rng):
+    """CUHK03-NP (Zhong et al.'s new protocol): labeled/ and detected/, each with
+    bounding_box_train, query and bounding_box_test of '<pid>_c<cam>_<n>.png' pictures (two
+    cameras: a shot's camera c is written as c1 for even c and c2 for odd c; n counts the
+    pictures of that identity and camera from 1). detected/ holds the same shots in looser
+    boxes (the picture shifted by a few pixels), as DPM boxes are looser than hand-drawn ones.
+    Counts are labeled's, plus 'detected' with its own."""
+    folders = {'train': 'bounding_box_train', 'query': 'query', 'gallery': 'bounding_box_test'}
+    tallies, seen = {'labeled': Tally(), 'detected': Tally()}, defaultdict(int)
+    for shot in shots:
+        pid, cam = _pid(shot, 1, 1001, step=1), shot.cam % 2
+        seen[pid, cam] += 1
+        name = f'{pid:04d}_c{cam + 1}_{seen[pid, cam]}.png'
+        w, h = shot.image.size
+        dx, dy = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        loose = shot.image.crop((-dx, -dy, w - dx, h - dy))
+        for variant, image in (('labeled', shot.image), ('detected', loose)):
+            _save(image, osp.join(out, variant, folders[shot.split], name))
+            tallies[variant].add(shot.split, pid, cam)
+    return tallies['labeled'].counts(detected=tallies['detected'].counts())
+
+
 def write_msmt17(out, shots, rng):
     """MSMT17_V1: train/ and test/ folders plus the four list files; one image per train
     identity goes to list_val.txt."""

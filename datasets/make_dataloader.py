@@ -1,7 +1,7 @@
 """make_dataloader(cfg): the dataset, its loaders and the numbers the model needs."""
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader
@@ -10,7 +10,8 @@ from utils.distributed import get_rank, get_world_size, is_main_process, shard
 from utils.errors import ReIDError
 
 from .bases import ImageDataset, ReIDDataset
-from .registry import init_dataset
+from .joint import JointDataset
+from .registry import dataset_names, init_dataset
 from .samplers import PKSampler, ShuffleSampler
 from .transforms import build_transforms
 
@@ -18,15 +19,29 @@ logger = logging.getLogger('reid')
 
 
 @dataclass
+class TestSet:
+    """One dataset to evaluate on: its query then gallery (test transform, this rank's
+    share), camera ids shifted by cam_offset (its offset in a joint training set, else 0)."""
+    name: str
+    dataset: ReIDDataset
+    val_loader: DataLoader
+    num_query: int
+    cam_offset: int = 0
+
+
+@dataclass
 class DataBundle:
     train_loader: DataLoader | None       # PK / shuffled batches (train transform); None when
     train_eval_loader: DataLoader | None  # evaluating only. dataset.train in order, test
     val_loader: DataLoader         # transform; query then gallery. Both: DDP shares (shard)
-    num_query: int
+    num_query: int                 # val_loader / num_query: those of test_sets[0]
     num_classes: int
     camera_num: int
     view_num: int
-    dataset: ReIDDataset
+    dataset: ReIDDataset           # the training set (the first test set's when not loaded)
+    test_sets: list = field(default_factory=list)  # TestSet per dataset evaluated
+    per_dataset: bool = False      # several test sets, or DATASETS.TEST_NAMES set: figures
+                                   # are named per dataset and tabled
 
 
 def collate(batch):
@@ -64,7 +79,8 @@ def dataset_kwargs(cfg, training=True):
                 evaluation_only=not training,
                 test_size=d.VEHICLEID_TEST_SIZE, view_labels=d.VIEW_LABELS, species=d.SPECIES,
                 data_dir=d.DATA_DIR, test_root=d.TEST_ROOT_DIR, train_list=d.TRAIN_LIST,
-                query_list=d.QUERY_LIST, gallery_list=d.GALLERY_LIST)
+                query_list=d.QUERY_LIST, gallery_list=d.GALLERY_LIST,
+                cuhk03_variant=d.CUHK03_VARIANT)
 
 
 def make_train_sampler(cfg, records, rank=0, world_size=1):
@@ -97,6 +113,49 @@ def make_train_loader(cfg, records, sampler):
                       **loader_kwargs(cfg))
 
 
+def test_records(dataset, cam_offset=0):
+    """Query then gallery records of a dataset, camera ids shifted by cam_offset."""
+    return [(path, pid, camid + cam_offset, viewid)
+            for path, pid, camid, viewid in dataset.query + dataset.gallery]
+
+
+def training_parts(dataset, names):
+    """{registry name: (dataset, camera offset)} of the training set's datasets."""
+    if isinstance(dataset, JointDataset):
+        return {p.name: (p.dataset, p.cam_offset) for p in dataset.parts}
+    return {} if dataset is None else {names[0]: (dataset, 0)}
+
+
+def test_datasets(cfg, train_set, training):
+    """[(name, dataset, camera offset)] to evaluate on: DATASETS.TEST_NAMES, or the training
+    datasets when it is empty. A training dataset is scored with its cameras as the model was
+    trained on them (offset in a joint set); any other is loaded for evaluation only."""
+    d = cfg.DATASETS
+    train_names = dataset_names(d.NAMES)
+    names = dataset_names(d.TEST_NAMES, 'DATASETS.TEST_NAMES') if d.TEST_NAMES else train_names
+    dataset_names(list(dict.fromkeys(train_names + names)), 'DATASETS.NAMES + TEST_NAMES')
+    parts = training_parts(train_set, train_names)
+    out = []
+    for name in names:
+        if name in parts:
+            out.append((name, *parts[name]))
+        else:
+            out.append((name, init_dataset(name, root=d.ROOT_DIR,
+                                           **dataset_kwargs(cfg, training=False)), 0))
+    return out
+
+
+def needs_training_set(cfg, training):
+    """Evaluation alone loads DATASETS.NAMES only when it is evaluated, or when a joint
+    set's camera offsets are needed."""
+    d = cfg.DATASETS
+    if training or not d.TEST_NAMES:
+        return True
+    train_names = dataset_names(d.NAMES)
+    return len(train_names) > 1 and bool(
+        set(train_names) & set(dataset_names(d.TEST_NAMES, 'DATASETS.TEST_NAMES')))
+
+
 def make_dataloader(cfg, training=True):
     """The loaders of a run; `training=False` (evaluation only) builds no train loaders.
 
@@ -104,8 +163,10 @@ def make_dataloader(cfg, training=True):
     pseudo-identities) and num_classes 1: the model's identity classifier is not trained.
     """
     rank, world = get_rank(), get_world_size()
-    dataset = init_dataset(cfg.DATASETS.NAMES, root=cfg.DATASETS.ROOT_DIR,
-                           **dataset_kwargs(cfg, training))
+    dataset = None
+    if needs_training_set(cfg, training):
+        dataset = init_dataset(cfg.DATASETS.NAMES, root=cfg.DATASETS.ROOT_DIR,
+                               **dataset_kwargs(cfg, training))
     common = loader_kwargs(cfg, report=True)
     test_transform = build_transforms(cfg, is_train=False)
     batch = cfg.TEST.IMS_PER_BATCH  # test-transform loaders hold this rank's share of batches
@@ -117,10 +178,17 @@ def make_dataloader(cfg, training=True):
         train_eval_loader = DataLoader(ImageDataset(shard(dataset.train, rank, world, batch),
                                                     test_transform),
                                        batch_size=batch, shuffle=False, **common)
-    val_loader = DataLoader(
-        ImageDataset(shard(dataset.query + dataset.gallery, rank, world, batch), test_transform,
-                     with_path=True),
-        batch_size=batch, shuffle=False, **common)
+    test_sets = []
+    for name, test_set, offset in test_datasets(cfg, dataset, training):
+        loader = DataLoader(
+            ImageDataset(shard(test_records(test_set, offset), rank, world, batch),
+                         test_transform, with_path=True),
+            batch_size=batch, shuffle=False, **common)
+        test_sets.append(TestSet(name, test_set, loader, len(test_set.query), offset))
+    if dataset is None:
+        dataset = test_sets[0].dataset
     num_classes = 1 if cfg.MODEL.UNSUPERVISED else dataset.num_train_pids
-    return DataBundle(train_loader, train_eval_loader, val_loader, len(dataset.query),
-                      num_classes, dataset.num_train_cams, dataset.num_train_vids, dataset)
+    first = test_sets[0]
+    return DataBundle(train_loader, train_eval_loader, first.val_loader, first.num_query,
+                      num_classes, dataset.num_train_cams, dataset.num_train_vids, dataset,
+                      test_sets, per_dataset=len(test_sets) > 1 or bool(cfg.DATASETS.TEST_NAMES))

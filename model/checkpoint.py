@@ -189,6 +189,24 @@ def checkpoint_identities(state_dict):
     return 1
 
 
+def checkpoint_sie_sizes(state_dict, cfg, camera_num, view_num):
+    """(cameras, views) of a checkpoint's SIE table (cv_embed), so that a model evaluated on
+    another dataset is built with the table it was trained with; the dataset's counts when
+    the checkpoint or the config has no SIE. Camera ids beyond the table: see
+    model.reid_base.ReIDModel.sie_embedding."""
+    table = state_dict.get('cv_embed')
+    camera, view = bool(cfg.MODEL.SIE_CAMERA), bool(cfg.MODEL.SIE_VIEW)
+    if table is None or not (camera or view):
+        return camera_num, view_num
+    rows = int(table.shape[0])
+    if camera and view:
+        if rows % view_num:
+            raise ReIDError(f'checkpoint SIE table has {rows} rows, not a multiple of the '
+                            f'{view_num} views of the evaluated dataset (MODEL.SIE_VIEW)')
+        return rows // view_num, view_num
+    return (rows, view_num) if camera else (camera_num, rows)
+
+
 def read_trained(cfg, weight=''):
     """(cfg with TEST.WEIGHT and MODEL.METHOD filled in, the checkpoint's state_dict) of the
     trained weights to test or use: `weight`, else TEST.WEIGHT; with neither, one error that

@@ -60,7 +60,7 @@ class ReIDModel(nn.Module):
     def _make_sie(self, cfg, camera_num, view_num):
         self.sie_camera, self.sie_view = bool(cfg.MODEL.SIE_CAMERA), bool(cfg.MODEL.SIE_VIEW)
         self.sie_coe = float(cfg.MODEL.SIE_COE)
-        self.view_num = int(view_num)
+        self.camera_num, self.view_num = int(camera_num), int(view_num)
         rows = {(True, True): camera_num * view_num, (True, False): camera_num,
                 (False, True): view_num}.get((self.sie_camera, self.sie_view))
         if rows is None:
@@ -82,20 +82,43 @@ class ReIDModel(nn.Module):
 
     def sie_embedding(self, cam_label=None, view_label=None):
         """[B, width] camera/view embedding for the class token, or None when SIE is off or
-        the labels it needs are not given."""
+        the labels it needs are not given.
+
+        In eval mode a camera (view) id the table has no row for, id >= the trained count
+        (another dataset evaluated with DATASETS.TEST_NAMES, or by the test scripts), gets the
+        mean of the trained rows: the model was only ever trained with some camera embedding
+        added to its class token, so leaving it out would shift the features by an amount
+        never seen, while the mean is the expected embedding of a camera it does not know.
+        Ids within the table keep their row (the test scripts cannot tell a foreign camera 0
+        from the trained camera 0). Training never meets such ids."""
         if self.sie_camera and self.sie_view:
-            if cam_label is None or view_label is None:
-                return None
-            index = cam_label * self.view_num + view_label
-        elif self.sie_camera:
-            index = cam_label
-        elif self.sie_view:
-            index = view_label
+            cam, view = cam_label, view_label
+        elif self.sie_camera or self.sie_view:
+            cam, view = (cam_label, None) if self.sie_camera else (None, view_label)
         else:
             return None
-        if index is None:
+        if (self.sie_camera and cam is None) or (self.sie_view and view is None):
             return None
-        return self.sie_coe * self.cv_embed[torch.as_tensor(index, device=self.cv_embed.device)]
+        device = self.cv_embed.device
+        cam, view = (None if i is None else torch.as_tensor(i, device=device) for i in (cam, view))
+        if self.training:  # as always: the flat row (camera * views + view)
+            flat = view if cam is None else cam if view is None else cam * self.view_num + view
+            return self.sie_coe * self.cv_embed[flat]
+        return self.sie_coe * self._sie_rows(cam, view)
+
+    def _sie_rows(self, cam, view):
+        """Rows of the SIE table for these ids, unseen ids mapped to the mean row."""
+        cams = self.camera_num if self.sie_camera else 1
+        views = self.view_num if self.sie_view else 1
+        grid = self.cv_embed.view(cams, views, -1)
+        cam = torch.zeros_like(view) if cam is None else cam
+        view = torch.zeros_like(cam) if view is None else view
+        cam_known, view_known = cam < cams, view < views
+        c, v = cam.clamp(max=cams - 1), view.clamp(max=views - 1)
+        rows = grid[c, v]
+        rows = torch.where((~cam_known & view_known)[:, None], grid.mean(0)[v], rows)
+        rows = torch.where((cam_known & ~view_known)[:, None], grid.mean(1)[c], rows)
+        return torch.where((~cam_known & ~view_known)[:, None], grid.mean((0, 1)), rows)
 
     def image_features(self, x, cam_label=None, view_label=None):
         """(intermediate feature, image feature, projected feature), each [B, C]."""

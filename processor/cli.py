@@ -4,24 +4,29 @@ import os
 from config import parse_args
 from datasets import make_dataloader
 from model import make_model
-from model.checkpoint import checkpoint_identities, load_into, read_trained
+from model.checkpoint import (checkpoint_identities, checkpoint_sie_sizes, load_into,
+                              read_trained)
 from utils import distributed as du
 from utils.checkpoint import find_resume_file, load_training_state
 from utils.logger import get_logger
-from utils.metrics import make_evaluator
 from utils.run_folder import refuse_earlier_run, save_run_config
 from utils.run_lock import run_folder_lock
 from utils.runtime import config_for, setup_run
 
-from .inference import do_inference
+from .evaluation import evaluate_sets, make_evaluators
 from .recipes import train_baseline, train_clipreid, train_pcl
 
 TRAINERS = {'clipreid': train_clipreid, 'pcl': train_pcl, 'baseline': train_baseline}
 
 
-def _build(cfg, runtime, training=True, num_classes=None):
+def _build(cfg, runtime, training=True, num_classes=None, state_dict=None):
+    """(data, model); with a checkpoint's state_dict the model's SIE table takes the
+    checkpoint's camera / view counts (it may be evaluated on another dataset)."""
     data = make_dataloader(cfg, training)
-    model = make_model(cfg, num_classes or data.num_classes, data.camera_num, data.view_num,
+    cameras, views = data.camera_num, data.view_num
+    if state_dict is not None:
+        cameras, views = checkpoint_sie_sizes(state_dict, cfg, cameras, views)
+    model = make_model(cfg, num_classes or data.num_classes, cameras, views,
                        object_word=data.dataset.object_word)
     return data, model.to(runtime.device)
 
@@ -70,7 +75,7 @@ def evaluate(cfg, rerank=False):
     cfg.freeze()
     # The checkpoint's identity count: evaluation needs no training split (custom lists).
     data, model = _build(cfg, runtime, training=False,
-                         num_classes=checkpoint_identities(state_dict))
+                         num_classes=checkpoint_identities(state_dict), state_dict=state_dict)
     load_into(model, state_dict, cfg.TEST.WEIGHT)
-    evaluator = make_evaluator(cfg, data.num_query, data.dataset.protocol)
-    return do_inference(cfg, model, data.val_loader, evaluator, runtime)
+    result, _ = evaluate_sets(cfg, model, data, make_evaluators(cfg, data), runtime)
+    return result

@@ -23,7 +23,7 @@ from utils.meter import StepMeters, format_means
 from utils.runtime import seed_everything
 from utils.training_log import TrainingLog
 
-from .inference import do_inference
+from .evaluation import evaluate_sets
 
 _NO_STEP = float(2 ** 24)  # "no step yet" in note_finite (exact in float32, above any step)
 
@@ -211,9 +211,11 @@ class Trainer:
             self.curves.add(epoch, self.iteration, values)
 
     def evaluate(self, epoch):
-        result = do_inference(self.cfg, self.model, self.data.val_loader, self.evaluator,
-                              self.runtime)
-        self.add_curves(epoch, {f'val/{name}': value for name, value in result.summary().items()})
+        """Score every test set (self.evaluator: one evaluator per data.test_sets); returns
+        the first one's result."""
+        result, curves = evaluate_sets(self.cfg, self.model, self.data, self.evaluator,
+                                       self.runtime)
+        self.add_curves(epoch, curves)
         return result
 
     def end_epoch(self, epoch):

@@ -7,10 +7,10 @@ from loss import make_loss
 from solver import make_optimizer, make_scheduler
 from utils import distributed as du
 from utils.checkpoint import unwrap
-from utils.metrics import make_evaluator
 
 from .baseline import BaselineTrainer
 from .clipreid import ImageTrainer, PromptTrainer
+from .evaluation import make_evaluators
 from .pcl import PCLTrainer
 from .pcl_unsup import UnsupervisedPCLTrainer
 
@@ -32,7 +32,7 @@ def set_trainable(model, predicate):
 
 
 def _evaluator(cfg, data):
-    return make_evaluator(cfg, data.num_query, data.dataset.protocol)
+    return make_evaluators(cfg, data)
 
 
 def train_pcl(cfg, model, data, runtime, resume_state=None):
