@@ -18,7 +18,7 @@ from utils.checkpoint import save_weights
 from utils.errors import ReIDError
 from utils.metrics import make_evaluator
 from utils.plots import (beside, curve_series, plot_cmc, plot_sweep, plot_training_curves,
-                         read_cmc_csv)
+                         read_cmc_csv, sweep_grids)
 from utils.training_log import TrainingLog, read_metrics
 
 
@@ -74,15 +74,18 @@ def test_evaluation_draws_its_cmc_and_sweep(tmp_path):
     assert len(table) == 12
     width, height = png(tmp_path / 'sweep.png')
     assert width > height > 100
-    drawn = rows_of(tmp_path / 'sweep.csv')
-    assert [(int(r['k1']), int(r['k2']), float(r['lambda'])) for r in drawn] == \
-        [(r['k1'], r['k2'], r['lambda']) for r in table]
-    assert [float(r['mAP']) for r in drawn] == [r['mAP'] for r in table]
+    drawn = {(int(r['k1']), int(r['k2']), float(r['lambda'])): float(r['mAP'])
+             for r in rows_of(tmp_path / 'sweep.csv')}  # the cells of the heat maps
+    assert drawn == {(r['k1'], r['k2'], r['lambda']): r['mAP'] for r in table}
 
 
 def test_sweep_panels_hold_each_k2(tmp_path):
     table = [dict(k1=k1, k2=k2, **{'lambda': lam, 'mAP': k1 / 100 + k2 / 10 + lam})
              for k1 in (20, 30) for k2 in (3, 6, 9) for lam in (0.1, 0.3)]
+    grids = sweep_grids(table)
+    assert list(grids) == [3, 6, 9]
+    k1s, lams, grid = grids[6]
+    assert k1s == [20, 30] and lams == [0.1, 0.3] and grid[1, 0] == 0.3 + 0.6 + 0.1
     wide = png(plot_sweep(table, str(tmp_path / 'three.png')))
     narrow = png(plot_sweep([r for r in table if r['k2'] == 3], str(tmp_path / 'one.png')))
     assert wide[0] > 2 * narrow[0]  # one panel per k2

@@ -94,32 +94,40 @@ def read_cmc_csv(path):
 
 
 # ----- re-ranking sweep ---------------------------------------------------------------------
-def plot_sweep(table, path, metric='mAP', title='re-ranking sweep'):
-    """Heat maps of `metric` over (k1 rows, lambda columns), one panel per k2, from the sweep
-    table of utils.protocols.sweep_table (rows with k1, k2, lambda and the metrics; the
-    evaluation's extra['rerank_sweep']). Writes path and beside(path) (k1, k2, lambda and
-    the metric, one row per setting as in the table). Settings the sweep did not score stay
-    blank."""
+def sweep_grids(table, metric='mAP'):
+    """{k2: (k1 values, lambda values, grid [k1, lambda] of `metric`)} of a sweep table (rows
+    with k1, k2, lambda and the metrics: utils.protocols.sweep_table, the evaluation's
+    extra['rerank_sweep']); NaN where the sweep did not score a setting."""
     k1s = sorted({row['k1'] for row in table})
-    k2s = sorted({row['k2'] for row in table})
     lams = sorted({row['lambda'] for row in table})
-    fig = Figure(figsize=(1.2 + 3.2 * len(k2s), 2.2 + 0.45 * len(k1s)), layout='constrained')
-    axes = fig.subplots(1, len(k2s), squeeze=False)[0]
-    values = [100 * row[metric] for row in table]
-    low, high = min(values), max(values)
-    image = None
-    for ax, k2 in zip(axes, k2s):
+    grids = OrderedDict()
+    for k2 in sorted({row['k2'] for row in table}):
         grid = np.full((len(k1s), len(lams)), np.nan)
         for row in table:
             if row['k2'] == k2:
-                grid[k1s.index(row['k1']), lams.index(row['lambda'])] = 100 * row[metric]
-        image = ax.imshow(grid, cmap='viridis', vmin=low, vmax=high if high > low else low + 1,
-                          aspect='auto')
-        for i in range(len(k1s)):
-            for j in range(len(lams)):
-                if np.isfinite(grid[i, j]):
-                    ax.text(j, i, f'{grid[i, j]:.1f}', ha='center', va='center', fontsize=8,
-                            color='white' if grid[i, j] < (low + high) / 2 else 'black')
+                grid[k1s.index(row['k1']), lams.index(row['lambda'])] = row[metric]
+        grids[k2] = (k1s, lams, grid)
+    return grids
+
+
+def plot_sweep(table, path, metric='mAP', title='re-ranking sweep'):
+    """Heat maps of `metric` (in %) over (k1 rows, lambda columns), one panel per k2
+    (sweep_grids). Writes path and beside(path): k1, k2, lambda and the metric of every cell
+    drawn, read back from the grids."""
+    grids = sweep_grids(table, metric)
+    k1s, lams, _ = next(iter(grids.values()))
+    fig = Figure(figsize=(1.2 + 3.2 * len(grids), 2.2 + 0.45 * len(k1s)), layout='constrained')
+    axes = fig.subplots(1, len(grids), squeeze=False)[0]
+    values = np.concatenate([100 * g.ravel() for _, _, g in grids.values()])
+    low, high = np.nanmin(values), np.nanmax(values)
+    image, cells = None, []
+    for ax, (k2, (_, _, grid)) in zip(axes, grids.items()):
+        image = ax.imshow(100 * grid, cmap='viridis', vmin=low,
+                          vmax=high if high > low else low + 1, aspect='auto')
+        for i, j in zip(*np.nonzero(np.isfinite(grid))):
+            ax.text(j, i, f'{100 * grid[i, j]:.1f}', ha='center', va='center', fontsize=8,
+                    color='white' if 100 * grid[i, j] < (low + high) / 2 else 'black')
+            cells.append([k1s[i], k2, repr(float(lams[j])), repr(float(grid[i, j]))])
         ax.set_xticks(range(len(lams)), [f'{v:g}' for v in lams])
         ax.set_yticks(range(len(k1s)), [str(v) for v in k1s])
         ax.set_xlabel('lambda')
@@ -128,9 +136,7 @@ def plot_sweep(table, path, metric='mAP', title='re-ranking sweep'):
         ax.set_title(f'k2 = {k2}', fontsize=10)
     fig.colorbar(image, ax=list(axes), label=f'{metric} (%)')
     fig.suptitle(title, fontsize=10)
-    _write_csv(beside(path), ['k1', 'k2', 'lambda', metric],
-               [[row['k1'], row['k2'], repr(float(row['lambda'])), repr(float(row[metric]))]
-                for row in table])
+    _write_csv(beside(path), ['k1', 'k2', 'lambda', metric], cells)
     return _save(fig, path)
 
 
