@@ -26,6 +26,7 @@ from config import load_config
 from datasets import make_dataloader
 from model import make_model
 from processor import FeatureExtractor, cli
+from processor import evaluation as evaluation_module
 from utils.checkpoint import save_weights
 
 # The layouts test_test_scripts.py generates: the session shares one copy.
@@ -68,14 +69,14 @@ def evaluation(config, opts):
     def capture(*args, **kwargs):
         seen.append(cli_make_evaluator(*args, **kwargs))
         return seen[-1]
-    cli_make_evaluator = cli.make_evaluator
+    cli_make_evaluator = evaluation_module.make_evaluator
     argv = sys.argv
     try:
-        cli.make_evaluator = capture
+        evaluation_module.make_evaluator = capture
         sys.argv = ['test_clipreid.py', '--config_file', config, *map(str, opts)]
         cli.test_main('test')
     finally:
-        cli.make_evaluator, sys.argv = cli_make_evaluator, argv
+        evaluation_module.make_evaluator, sys.argv = cli_make_evaluator, argv
     return seen[0]
 
 
