@@ -59,7 +59,7 @@ def do_inference(cfg, model, val_loader, evaluator, runtime):
             feat = model(images.to(runtime.device, non_blocking=True), cam_label=cam,
                          view_label=view)
         evaluator.update((feat.float(), pids, camids, list(paths)))
-    if cfg.TEST.VISUALIZE and cfg.TEST.VISUALIZE_HEATMAP:  # rank lists with heat maps
+    if getattr(evaluator, 'visualize', 0) and cfg.TEST.VISUALIZE_HEATMAP:  # heat rank lists
         from .heatmaps import HeatMapper
         evaluator.heat_mapper = HeatMapper(model, cfg, runtime.device)
     result = evaluator.compute()
