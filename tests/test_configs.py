@@ -49,6 +49,8 @@ def test_every_config_loads_and_names_its_method(path):
         assert cfg.OUTPUT_DIR.startswith('./output/')
     if path.parent.name == 'pcl':
         assert cfg.MODEL.METHOD == 'pcl'
+    elif path.parent.name == 'generalization':  # <method>_<protocol>.yml
+        assert cfg.MODEL.METHOD == path.stem.split('_')[0]
     elif path.parent.name != 'demo':
         assert cfg.MODEL.METHOD == ('baseline' if path.stem.endswith('_base') else 'clipreid')
 

@@ -239,3 +239,52 @@ def test_cuhk03_np_bad_variant_is_named(root):
     with pytest.raises(ReIDError, match=r"^DATASETS.CUHK03_VARIANT must be 'labeled' or "
                                         r"'detected', got 'manual'$"):
         make_dataloader(cfg, training=False)
+
+
+def test_joint_run_under_torchrun_equals_one_process(tmp_path, root, tmp_path_factory):
+    """Two gloo processes train and evaluate the union as one process does (the settings of
+    tests/test_distributed.py that make the two runs comparable)."""
+    clip = tiny_clip(tmp_path_factory)
+    exact = ('MODEL.NECK', 'no', 'MODEL.TRIPLET_LOSS_WEIGHT', 0, 'SOLVER.OPTIMIZER_NAME', 'SGD',
+             'SOLVER.BASE_LR', 0.05, 'SOLVER.TENSORBOARD', False, 'DATASETS.NAMES', JOINT,
+             'DATASETS.TEST_NAMES', "('msmt17', 'cuhk03_np')", 'SOLVER.MAX_EPOCHS', 1)
+    for name, nproc in (('single', 0), ('ddp', 2)):
+        run_ok('train_pcl.py', train_opts((root, clip), tmp_path / name, *exact), nproc=nproc)
+    single, ddp = str(tmp_path / 'single'), str(tmp_path / 'ddp')
+    assert max_difference(weights(single, 1), weights(ddp, 1)) < 1e-5
+    tables = [[line.split('INFO: ')[1] for line in open(os.path.join(out, 'train_log.txt'))
+               if re.search(r'INFO:\s+(msmt17|cuhk03_np)\s+\|', line)] for out in (single, ddp)]
+    assert len(tables[0]) == 2 and tables[0] == tables[1]
+
+
+# ----- shipped configs -------------------------------------------------------------------------
+GENERALIZATION = sorted(p for p in os.listdir(config_path('generalization')) if p.endswith('.yml'))
+
+
+def test_generalization_configs_cover_the_protocols():
+    expected = {f'{m}_{p}.yml' for m in ('clipreid', 'pcl') for p in (
+        'market1501_to_msmt17', 'msmt17_to_market1501', 'loo_to_market1501', 'loo_to_msmt17',
+        'loo_to_cuhk03_np')}
+    assert set(GENERALIZATION) == expected
+    for config in ('cuhk03_np/vit_clipreid.yml', 'cuhk03_np/vit_base.yml', 'pcl/cuhk03_np.yml'):
+        assert load_config(config_path(config)).DATASETS.NAMES == 'cuhk03_np'
+
+
+@pytest.mark.parametrize('config', GENERALIZATION)
+def test_generalization_config_builds_its_train_and_test_sets(root, tmp_path_factory, config):
+    clip = tiny_clip(tmp_path_factory)
+    cfg = load_config(config_path(f'generalization/{config}'),
+                      opts(root, clip, tmp_path_factory.mktemp('cfg'), 'SOLVER.IMS_PER_BATCH', 8))
+    method, protocol = config[:-4].split('_', 1)
+    target = protocol.split('_to_')[1]
+    names = [cfg.DATASETS.NAMES] if isinstance(cfg.DATASETS.NAMES, str) else cfg.DATASETS.NAMES
+    assert cfg.DATASETS.TEST_NAMES[0] == target and target not in names
+    assert len(names) == (2 if protocol.startswith('loo') else 1)
+    header = open(config_path(f'generalization/{config}')).read().split('\nMODEL:')[0]
+    if protocol.startswith('loo'):
+        assert 'CUHK-SYSU' in header and '51.6 | 65.1' in header and 'not found' in header
+    else:
+        assert 'not found' in header
+    data = make_dataloader(cfg)
+    assert [s.name for s in data.test_sets] == list(cfg.DATASETS.TEST_NAMES)
+    assert data.num_classes == 4 * len(names)
