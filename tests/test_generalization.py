@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from _e2e_helpers import (build, config_path, small_opts, tiny_clip, train)  # noqa: F401
+from _e2e_helpers import build, config_path, demo_root, small_opts, tiny_clip, train
 from _run_helpers import NAME, max_difference, run_and_kill, run_ok, state, train_opts, weights
 from config import load_config
 from datasets import init_dataset, make_dataloader
@@ -58,9 +58,15 @@ def test_names_take_a_string_or_a_list_and_bad_lists_stop_with_one_line(root):
                                         r'DATASETS.TRAIN_LIST; a run takes at most one list-'
                                         r'file dataset$'):
         init_dataset(('custom', 'animals'), root=root)
-    cfg = load_config('', ['DATASETS.ROOT_DIR', root, 'DATASETS.TEST_NAMES', "('msmt17', 'nope')"])
-    with pytest.raises(ReIDError, match=r"^unknown dataset DATASETS.TEST_NAMES='nope'; known: "):
-        make_dataloader(cfg, training=False)
+    for test_names, message in (
+            ("('msmt17', 'nope')", r"^unknown dataset DATASETS.TEST_NAMES='nope'; known: "),
+            ("('msmt17', 'MSMT17')", r"^DATASETS.TEST_NAMES names msmt17 twice: "),
+            ("('animals',)", r'^DATASETS.NAMES \+ TEST_NAMES: custom and animals would both '
+                             r'read DATASETS.TRAIN_LIST; ')):
+        cfg = load_config('', ['DATASETS.ROOT_DIR', root, 'DATASETS.NAMES', 'custom',
+                               'DATASETS.TEST_NAMES', test_names])
+        with pytest.raises(ReIDError, match=message):
+            make_dataloader(cfg, training=False)
     with pytest.raises(ReIDError, match=r'^command line: config key DATASETS.NAMES: expected a dataset name, got \(\)$'):
         load_config('', ['DATASETS.NAMES', '()'])
 
@@ -149,6 +155,32 @@ def test_transfer_equals_the_test_script_on_that_dataset_bit_exactly(
                                                   *names), rerank)
     assert {d: r.summary() for d, r in listed.extra['datasets'].items()} == \
         {d: r.summary() for d, r in per_dataset.items()}
+
+
+def test_each_test_set_keeps_its_own_protocol(tmp_path_factory, monkeypatch):
+    """VehicleID, ATRW (tiger, list files under ROOT_DIR) and the standard protocol in one
+    TEST_NAMES run, each equal to the test script with that dataset as DATASETS.NAMES."""
+    root = demo_root(tmp_path_factory, ('market1501', 'msmt17', 'vehicleid', 'animals'), ids=12)
+    clip = tiny_clip(tmp_path_factory, 'vit', 1)
+    out = tmp_path_factory.mktemp('protocols')
+    tiger = ('DATASETS.SPECIES', 'tiger', 'DATASETS.DATA_DIR', 'animals/Animal-Seg-V3',
+             'DATASETS.TEST_ROOT_DIR', 'animals/tiger_test', 'DATASETS.QUERY_LIST',
+             'animals/datalist/tiger_test.txt', 'TEST.ATRW_ANNOTATION',
+             f'{root}/animals/datalist/tiger_gt_test_plain.json', 'TEST.VEHICLEID_TRIALS', 2)
+    config = 'person/vit_clipreid.yml'
+    cfg = load_config(config_path(config), opts(
+        root, clip, out, 'DATASETS.TEST_NAMES', "('VehicleID', 'animals', 'msmt17')", *tiger))
+    runtime, data, model = build(cfg, seed=1)
+    first, _ = evaluate_sets(cfg, model, data, make_evaluators(cfg, data), runtime)
+    results = first.extra['datasets']
+    assert {k: r.protocol for k, r in results.items()} == {
+        'VehicleID': 'vehicleid', 'animals': 'atrw', 'msmt17': 'standard'}
+    weights_path = str(out / 'model.pth')
+    save_weights(model, weights_path)
+    for dataset, expected in results.items():
+        alone = run_test_main(monkeypatch, config, opts(
+            root, clip, out, 'DATASETS.NAMES', dataset, 'TEST.WEIGHT', weights_path, *tiger))
+        assert alone.summary() == expected.summary(), dataset
 
 
 def test_unseen_camera_ids_get_the_mean_camera_embedding(root, tmp_path_factory):
