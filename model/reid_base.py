@@ -116,9 +116,9 @@ class ReIDModel(nn.Module):
         cam_known, view_known = cam < cams, view < views
         c, v = cam.clamp(max=cams - 1), view.clamp(max=views - 1)
         rows = grid[c, v]
-        rows = torch.where((~cam_known & view_known)[:, None], grid.mean(0)[v], rows)
-        rows = torch.where((cam_known & ~view_known)[:, None], grid.mean(1)[c], rows)
-        return torch.where((~cam_known & ~view_known)[:, None], grid.mean((0, 1)), rows)
+        rows = torch.where((~cam_known & view_known).unsqueeze(-1), grid.mean(0)[v], rows)
+        rows = torch.where((cam_known & ~view_known).unsqueeze(-1), grid.mean(1)[c], rows)
+        return torch.where((~cam_known & ~view_known).unsqueeze(-1), grid.mean((0, 1)), rows)
 
     def image_features(self, x, cam_label=None, view_label=None):
         """(intermediate feature, image feature, projected feature), each [B, C]."""

@@ -16,6 +16,7 @@ from _run_helpers import NAME, max_difference, run_and_kill, run_ok, state, trai
 from config import load_config
 from datasets import init_dataset, make_dataloader
 from datasets.demo_data import generate
+from model.reid_base import ReIDModel
 from processor import cli
 from processor.evaluation import evaluate_sets, make_evaluators
 from utils.checkpoint import save_weights
@@ -201,6 +202,22 @@ def test_unseen_camera_ids_get_the_mean_camera_embedding(root, tmp_path_factory)
         unseen = model(images, cam_label=torch.tensor([3, 4]))
         without = model(images)
     assert not torch.allclose(unseen, without)  # SIE is applied, not left out
+
+
+def test_unseen_camera_and_view_ids_get_the_mean_over_what_is_unseen():
+    """SIE camera + view (a [cameras x views] table): an unseen camera takes the mean over
+    cameras for its view, an unseen view the mean over views for its camera, both unseen
+    the mean of the table."""
+    model = ReIDModel.__new__(ReIDModel)
+    torch.nn.Module.__init__(model)
+    model.sie_camera = model.sie_view = True
+    model.camera_num, model.view_num, model.sie_coe = 2, 3, 1.0
+    model.cv_embed = torch.nn.Parameter(torch.randn(6, 4))
+    grid = model.cv_embed.detach().view(2, 3, 4)
+    model.eval()
+    rows = model.sie_embedding(torch.tensor([1, 5, 0, 5]), torch.tensor([2, 1, 7, 7])).detach()
+    assert torch.equal(rows[0], grid[1, 2]) and torch.equal(rows[1], grid[:, 1].mean(0))
+    assert torch.equal(rows[2], grid[0].mean(0)) and torch.equal(rows[3], grid.mean((0, 1)))
 
 
 # ----- training runs over a union --------------------------------------------------------------
