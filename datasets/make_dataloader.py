@@ -19,7 +19,7 @@ logger = logging.getLogger('reid')
 
 
 @dataclass
-class TestSet:
+class EvaluationSet:
     """One dataset to evaluate on: its query then gallery (test transform, this rank's
     share), camera ids shifted by cam_offset (its offset in a joint training set, else 0)."""
     name: str
@@ -39,7 +39,7 @@ class DataBundle:
     camera_num: int
     view_num: int
     dataset: ReIDDataset           # the training set (the first test set's when not loaded)
-    test_sets: list = field(default_factory=list)  # TestSet per dataset evaluated
+    test_sets: list = field(default_factory=list)  # EvaluationSet per dataset evaluated
     per_dataset: bool = False      # several test sets, or DATASETS.TEST_NAMES set: figures
                                    # are named per dataset and tabled
 
@@ -184,7 +184,7 @@ def make_dataloader(cfg, training=True):
             ImageDataset(shard(test_records(test_set, offset), rank, world, batch),
                          test_transform, with_path=True),
             batch_size=batch, shuffle=False, **common)
-        test_sets.append(TestSet(name, test_set, loader, len(test_set.query), offset))
+        test_sets.append(EvaluationSet(name, test_set, loader, len(test_set.query), offset))
     if dataset is None:
         dataset = test_sets[0].dataset
     num_classes = 1 if cfg.MODEL.UNSUPERVISED else dataset.num_train_pids
