@@ -7,7 +7,7 @@ identities (rounded up) trains; the rest is tested: the first image of each of t
 `query_cameras` cameras is a query, every other image is in the gallery, so each query has
 matches in other cameras.
 
-    python -m datasets.demo_data --root demo_data [--layouts market1501,msmt17,veri,
+    python -m datasets.demo_data --root demo_data [--layouts market1501,msmt17,cuhk03_np,veri,
         vehicleid,animals,custom] [--ids N] [--seed S] [--cameras C] [--per-camera K]
 
 Layouts (folder under root): market1501 (Market-1501-v15.09.15, with junk -1 and distractor
