@@ -68,7 +68,8 @@ def test_names_take_a_string_or_a_list_and_bad_lists_stop_with_one_line(root):
                                'DATASETS.TEST_NAMES', test_names])
         with pytest.raises(ReIDError, match=message):
             make_dataloader(cfg, training=False)
-    with pytest.raises(ReIDError, match=r'^command line: config key DATASETS.NAMES: expected a dataset name, got \(\)$'):
+    with pytest.raises(ReIDError, match=r'^command line: config key DATASETS.NAMES: expected '
+                                        r'a dataset name, got \(\)$'):
         load_config('', ['DATASETS.NAMES', '()'])
 
 
