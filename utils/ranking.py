@@ -23,11 +23,12 @@ from .pairs import KeyIndex, pairs_to_mask, union
 
 _INT64_MAX = torch.iinfo(torch.int64).max
 _CPU_ELEMENTS = 1 << 22  # entries per pass on the CPU: few, large parallel operations
-# bins of one pass: on the CPU few enough for the histogram to stay in cache; elsewhere as
-# many as float32 holds exact integers for (2^22 leaves room for the rounding of the map)
-_PASS_BINS = {'cpu': 1 << 18, 'cuda': 1 << 22}
+_PER_BIN = 8  # entries a bin, about: fewer bins than that cost more histogram than they save
+# bins of one pass, all rows together: float32 holds their integer indices exactly, with room
+# for the rounding of the map to them
+_PASS_BINS = 1 << 22
 # bytes a ranking pass holds per distance, with some margin: two work buffers (float, int32),
-# the bin histogram and two cumulative sums (a quarter of the entries each, int64), the mask
+# the bin histogram and two cumulative sums (an eighth of the entries each, int64), the mask
 # of candidate bins
 RANK_BYTES_PER_ENTRY = 24
 
@@ -92,11 +93,10 @@ def sorted_match_ranks(dist, q_pids, g_pids, excluded=None):
 
 
 def _binning(num_rows, num_cols, device):
-    """(bins per row, rows per pass) of _count_before: about 4 entries a bin (few to compare
-    one by one), within the pass's bins, and on the CPU within _CPU_ELEMENTS entries."""
-    limit = _PASS_BINS.get(device.type, _PASS_BINS['cuda'])
-    bins = max(16, min(num_cols // 4, limit - 3))
-    rows = max(1, limit // (bins + 3))
+    """(bins per row, rows per pass) of _count_before: about _PER_BIN entries a bin (few to
+    compare one by one), within the pass's bins, and on the CPU within _CPU_ELEMENTS entries."""
+    bins = max(16, min(num_cols // _PER_BIN, _PASS_BINS - 3))
+    rows = max(1, _PASS_BINS // (bins + 3))
     if device.type == 'cpu':
         rows = min(rows, max(1, _CPU_ELEMENTS // max(num_cols, 1)))
     return bins, min(num_rows, rows)
