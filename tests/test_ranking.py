@@ -118,14 +118,14 @@ def test_row_steps_that_do_not_divide_the_rows(monkeypatch):
 
 @pytest.mark.parametrize('pass_bins', [2 ** 22, 200, 40, 19])
 def test_capped_bins_per_pass(monkeypatch, pass_bins):
-    # 300 columns: 37 bins a row uncapped; 200 bins a pass: 5 rows of 37 bins; 40: one row;
+    # 300 columns: 37 bins a row uncapped; 200 bins a pass: 4 rows of 37 (+ 5); 40: one row of 35;
     # 19: the 16-bin floor (more entries a bin to compare one by one)
     rng = np.random.default_rng(6)
     dist, q_pids, g_pids, excluded = random_case(rng, 23, 300, 6, levels=5000)
     expected = loop_ranks(dist, q_pids, g_pids, excluded)
     monkeypatch.setattr(ranking, '_PASS_BINS', pass_bins)
     bins, rows = ranking._binning(23, 300, torch.device('cpu'))
-    assert (bins, rows) == {2 ** 22: (37, 23), 200: (37, 5), 40: (37, 1), 19: (16, 1)}[pass_bins]
+    assert (bins, rows) == {2 ** 22: (37, 23), 200: (37, 4), 40: (35, 1), 19: (16, 1)}[pass_bins]
     num, ranks = fast(dist.astype(np.float32), q_pids, g_pids, excluded)
     assert np.array_equal(num, expected[0]) and np.array_equal(ranks, expected[1])
 

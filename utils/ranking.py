@@ -27,6 +27,7 @@ _PER_BIN = 8  # entries a bin, about: fewer bins than that cost more histogram t
 # bins of one pass, all rows together: float32 holds their integer indices exactly, with room
 # for the rounding of the map to them
 _PASS_BINS = 1 << 22
+_MARGIN_BINS = 5  # a row's bins besides `bins`: one below and one above, one of margin each
 # bytes a ranking pass holds per distance, with some margin: two work buffers (float, int32),
 # the bin histogram and two cumulative sums (an eighth of the entries each, int64), the mask
 # of candidate bins
@@ -95,8 +96,8 @@ def sorted_match_ranks(dist, q_pids, g_pids, excluded=None):
 def _binning(num_rows, num_cols, device):
     """(bins per row, rows per pass) of _count_before: about _PER_BIN entries a bin (few to
     compare one by one), within the pass's bins, and on the CPU within _CPU_ELEMENTS entries."""
-    bins = max(16, min(num_cols // _PER_BIN, _PASS_BINS - 3))
-    rows = max(1, _PASS_BINS // (bins + 3))
+    bins = max(16, min(num_cols // _PER_BIN, _PASS_BINS - _MARGIN_BINS))
+    rows = max(1, _PASS_BINS // (bins + _MARGIN_BINS))
     if device.type == 'cpu':
         rows = min(rows, max(1, _CPU_ELEMENTS // max(num_cols, 1)))
     return bins, min(num_rows, rows)
@@ -112,10 +113,10 @@ def _count_before(dist, named_row, named_col, named_val, work, bins):
     """For each named entry (named_row, named_col), of value named_val, of a [rows, G] block:
     how many entries of its row come before it in (value, column) order. work: (float,
     int32) buffers of at least rows * G elements, reused so that no pass allocates memory.
-    bins: bins spanning a row's named values (rows * (bins + 3) must stay below 2^22)."""
+    bins: bins spanning a row's named values (rows * (bins + 5) must stay below 2^22)."""
     num_rows, num_cols = dist.shape
     dev = dist.device
-    width = bins + 3  # a row's bins: 0 below its named values, 1..bins+1 across, bins+2 above
+    width = bins + _MARGIN_BINS  # a row's bins: 0 below, 1..bins+3 across, bins+4 above
     lowest = torch.full((num_rows,), float('inf'), dtype=dist.dtype, device=dev)
     lowest = lowest.scatter_reduce(0, named_row, named_val, 'amin')
     highest = torch.full_like(lowest, -float('inf')).scatter_reduce(0, named_row, named_val, 'amax')
@@ -125,19 +126,21 @@ def _count_before(dist, named_row, named_col, named_val, work, bins):
     # where it is the value's size, or 1 at 0, so that the scale below stays finite
     span = torch.where(highest > lowest, highest - lowest,
                        torch.where(lowest != 0, lowest.abs(), 1))
-    # a monotone map of the distances to the bins of their row: lowest -> 1, highest ->
-    # bins + 1, shifted to the row's own range (row r: r * width .. + bins + 2, integers that
+    # a monotone map of the distances to the bins of their row: lowest -> 2, highest ->
+    # bins + 2, shifted to the row's own range (row r: r * width .. + bins + 4, integers that
     # float32 holds exactly); the named entries' bins are read back from the same tensor, so
-    # rounding cannot put an entry on the wrong side of one of them
+    # rounding cannot put an entry on the wrong side of one of them. The bin of margin on
+    # each side keeps the rounding of the map from putting the lowest or highest named
+    # entry among all the entries below or above (correct still, but many to compare)
     scale = bins / span
     start = torch.arange(num_rows, device=dev, dtype=dist.dtype)[:, None] * width
     scaled = work[0][:num_rows * num_cols].view(num_rows, num_cols)
     if float((lowest.abs() * scale).max()) < 2 ** 20:  # d * scale is exact to well under a bin
-        torch.addcmul(start + 1 - (lowest * scale)[:, None], dist, scale[:, None], out=scaled)
+        torch.addcmul(start + 2 - (lowest * scale)[:, None], dist, scale[:, None], out=scaled)
     else:  # subtract first: no cancellation when the distances sit far from 0
         torch.mul(torch.sub(dist, lowest[:, None], out=scaled), scale[:, None], out=scaled)
-        scaled += start + 1
-    scaled.nan_to_num_(nan=float('inf')).clamp_(start, start + bins + 2)  # nan: above all
+        scaled += start + 2
+    scaled.nan_to_num_(nan=float('inf')).clamp_(start, start + bins + 4)  # nan: above all
     bin_of = work[1][:num_rows * num_cols].view(-1).copy_(scaled.view(-1))  # floor: all >= 0
     named_flat = named_row * num_cols + named_col
     named_bin = bin_of[named_flat].long()
