@@ -294,3 +294,14 @@ def test_a_distance_matrix_save_that_fails_leaves_no_debris(tmp_path, monkeypatc
         save_distmat(np.zeros((2, 3), np.float32), path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['dist.npy']
     assert open(path, 'rb').read() == before
+
+
+def test_huge_finite_features_are_not_called_non_finite():
+    from utils.finite import nonfinite_rows
+    feats = torch.ones(4, 3)
+    feats[1] = 3e38  # finite, though its sum overflows
+    feats[2, 1] = float('nan')
+    feats[3, 0] = -float('inf')
+    assert nonfinite_rows(feats).tolist() == [2, 3]
+    assert nonfinite_rows(feats.half().float()).tolist() == [1, 2, 3]  # 3e38 -> inf in float16
+    assert nonfinite_rows(torch.zeros(0, 3)).tolist() == []

@@ -16,8 +16,13 @@ def nonfinite_rows(feats):
     feats = torch.as_tensor(feats)
     if feats.numel() == 0:
         return torch.zeros(0, dtype=torch.int64)
-    bad = ~torch.isfinite(feats.reshape(feats.shape[0], -1)).all(1)
-    return bad.nonzero().squeeze(1).cpu()
+    rows = feats.reshape(feats.shape[0], -1)
+    # a row's sum is finite unless the row holds a NaN or inf, or overflows: one cheap pass,
+    # then the exact test of the few suspects
+    suspects = (~torch.isfinite(rows.sum(1, dtype=torch.float64 if rows.dtype == torch.float64
+                                          else torch.float32))).nonzero().squeeze(1)
+    bad = ~torch.isfinite(rows[suspects]).all(1)
+    return suspects[bad].cpu()
 
 
 def check_finite(*parts):
