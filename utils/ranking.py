@@ -8,7 +8,7 @@ ascending distance, ties broken by gallery index (a stable sort)? CMC and AP fol
 A match's rank is one plus the number of kept entries ordered before it. Only a row's few
 "named" entries (its matches and ignored entries, given as pairs) are looked at one by
 one. The rest of the row is counted in one pass: every distance is mapped by a monotone
-function to one of about G/4 bins spanning the row's matches, the bins are counted
+function to one of about G/8 bins spanning the row's matches, the bins are counted
 (bincount), and only the entries sharing a bin with a match are compared exactly. Exact,
 ties included, on any torch device. sorted_match_ranks is the plain algorithm (order
 keys, searchsorted, counts on a dense mask): the reference, and the path for rows whose
