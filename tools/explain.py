@@ -22,15 +22,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-from config import is_config_key, make_parser, parse_args  # noqa: E402
-from processor import FeatureExtractor  # noqa: E402
-from processor.gallery import search  # noqa: E402
 from processor.heatmaps import HeatMapper  # noqa: E402
-from query import label, make_gallery, read_queries, same_files  # noqa: E402
+from query import label, ranked_search, search_parser  # noqa: E402
 from utils.atomic import atomic_write  # noqa: E402
-from utils.errors import ReIDError, cli_main  # noqa: E402
-from utils.logger import setup_logger  # noqa: E402
-from utils.memory import budget_bytes  # noqa: E402
+from utils.errors import cli_main  # noqa: E402
 from utils.visualize import MATCH, MISS, NEUTRAL, draw_rank_list, labels  # noqa: E402
 
 
@@ -45,32 +40,15 @@ def save_maps(path, image_paths, heats):
 
 
 def main():
-    parser = make_parser('Heat maps of what drives the matches of query images')
-    parser.add_argument('--query', nargs='+', required=True, help='images, folders or lists')
-    parser.add_argument('--gallery', required=True, help='a folder, a list file or an .npz')
-    parser.add_argument('--topk', type=int, default=5, help='gallery images shown per query')
+    parser = search_parser('Heat maps of what drives the matches of query images', topk=5)
     parser.add_argument('--output', required=True, help='folder for the pictures')
     parser.add_argument('--save-maps', action='store_true',
                         help='also write the raw heat maps (.npz per query)')
-    args = parse_args('', parser=parser)
-    if args.topk < 1:
-        raise ReIDError(f'--topk must be at least 1, not {args.topk}')
-    keys = [i for i, token in enumerate(args.query) if is_config_key(token)]
-    if keys:  # overrides written right after the query images
-        args.query, args.opts = args.query[:keys[0]], args.query[keys[0]:] + args.opts
-    logger = setup_logger()
-    extractor = FeatureExtractor(args.config_file, None, args.opts)
-    queries = read_queries(args.query)
-    gallery = make_gallery(args.gallery, extractor, logger)
-    q_feats = extractor(queries.paths, queries.camids, queries.viewids).numpy()
-    order, dist = search(q_feats, gallery.features, extractor.cfg.TEST.DISTANCE, args.topk,
-                         same_files(queries.paths, gallery.paths),
-                         memory_budget=budget_bytes(extractor.cfg.TEST.MEMORY_BUDGET))
+    args, extractor, queries, gallery, ranked, logger = ranked_search(parser)
     mapper = HeatMapper(extractor.model, extractor.cfg, extractor.device)
     os.makedirs(args.output, exist_ok=True)
     for q, path in enumerate(queries.paths):
-        shown = [(r, d, j) for r, (j, d) in enumerate(zip(order[q], dist[q]), 1)
-                 if np.isfinite(d)]
+        shown = ranked[q]
         g_paths = [gallery.paths[j] for _, _, j in shown]
         g_cams = None if gallery.camids is None else gallery.camids[[j for _, _, j in shown]]
         heats = mapper(path, g_paths, label(queries.camids, q), g_cams)

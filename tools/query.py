@@ -69,12 +69,19 @@ def label(values, i):
     return None if values is None else values[i]
 
 
-def main():
-    parser = make_parser('Rank gallery images by their distance to query images')
+def search_parser(description, topk):
+    """The command line of a search tool: --query, --gallery, --topk (then --output etc.)."""
+    parser = make_parser(description)
     parser.add_argument('--query', nargs='+', required=True, help='images, folders or lists')
     parser.add_argument('--gallery', required=True, help='a folder, a list file or an .npz')
-    parser.add_argument('--topk', type=int, default=10, help='gallery images shown per query')
-    parser.add_argument('--output', default='', help='folder for rank-list pictures')
+    parser.add_argument('--topk', type=int, default=topk, help='gallery images shown per query')
+    return parser
+
+
+def ranked_search(parser):
+    """Parse a search tool's command line and search: (args, extractor, queries, gallery,
+    ranked, logger), ranked[q] listing query q's top-k as (rank, distance, gallery index);
+    a query image is never its own match."""
     args = parse_args('', parser=parser)
     if args.topk < 1:
         raise ReIDError(f'--topk must be at least 1, not {args.topk}')
@@ -91,6 +98,13 @@ def main():
                          memory_budget=budget_bytes(extractor.cfg.TEST.MEMORY_BUDGET))
     ranked = [[(r, d, j) for r, (j, d) in enumerate(zip(order[q], dist[q]), 1) if np.isfinite(d)]
               for q in range(len(queries))]
+    return args, extractor, queries, gallery, ranked, logger
+
+
+def main():
+    parser = search_parser('Rank gallery images by their distance to query images', topk=10)
+    parser.add_argument('--output', default='', help='folder for rank-list pictures')
+    args, extractor, queries, gallery, ranked, logger = ranked_search(parser)
     for q, path in enumerate(queries.paths):
         tags = labels(label(queries.pids, q), label(queries.camids, q))
         print(f'query {q + 1}/{len(queries)}: {path} {tags}'.rstrip())
