@@ -195,13 +195,21 @@ class Trainer:
         last = self.last_state_file()
         return f'the last good checkpoint is {last}' if last else 'no checkpoint was written yet'
 
+    def base_lr(self):
+        """The learning rate now of the parameters set to BASE_LR (the heads): other groups
+        carry factors (bias LR factor, layer decay) and may come first; group 0's when no
+        group started at BASE_LR."""
+        groups = self.optimizer.param_groups
+        return next((g['lr'] for g in groups if g.get('initial_lr') == self.solver.BASE_LR),
+                    groups[0]['lr'])
+
     def curve_values(self, means):
         return {**{f'train/{name}': value for name, value in means.items()},
-                'train/lr': self.optimizer.param_groups[0]['lr']}
+                'train/lr': self.base_lr()}
 
     def log_progress(self, epoch, n_iter, meters):
         means = meters.means()
-        lr = self.optimizer.param_groups[0]['lr']
+        lr = self.base_lr()
         self.logger.info('%s epoch[%d] iteration[%d] %s, base lr %.2e', self.stage, epoch, n_iter,
                          format_means(means), lr)
         self.add_curves(epoch, self.curve_values(means))

@@ -153,3 +153,19 @@ def test_each_method_s_recipe_applies_its_decay_key(tiny_clip_files, monkeypatch
     if method == 'clipreid':  # stage 1: prompts at the stage-1 LR, no decay
         stage1 = _settings(_Captured.made[0][2], model)
         assert set(stage1) == {'prompt_learner.cls_ctx'}
+
+
+def test_the_logged_base_lr_is_the_heads_lr_whatever_group_comes_first(tiny_clip_files):
+    from types import SimpleNamespace
+    from processor.engine import Trainer
+    model = build(tiny_clip_files['vit', 'state_dict'], 'pcl', 5, 3, 2)
+    cfg = load_config('', _stage_opts('SOLVER') + ['SOLVER.WARMUP_ITERS', 0])
+    optimizer, _ = make_optimizer(cfg.SOLVER, model)
+    make_scheduler(cfg.SOLVER, optimizer)
+    assert optimizer.param_groups[0]['lr'] == 0.00125  # the embeddings' group comes first
+    trainer = Trainer.__new__(Trainer)
+    trainer.optimizer, trainer.solver = optimizer, cfg.SOLVER
+    assert trainer.base_lr() == 0.01
+    assert trainer.curve_values({})['train/lr'] == 0.01
+    trainer.solver = SimpleNamespace(BASE_LR=0.5)  # no group at BASE_LR: group 0's
+    assert trainer.base_lr() == 0.00125
