@@ -42,6 +42,8 @@ before the read layer runs once without gradients; only the rest (one block, or 
 attention pool, and the BN-necks) runs with them, so heat maps cost little more than
 features. The result is deterministic (the same model and images give the same maps).
 """
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -72,6 +74,10 @@ class HeatMapper:
         self.metric = cfg.TEST.DISTANCE
         self.normalise = wants_feat_norm(cfg.TEST.FEAT_NORM)
         self.uses_cameras = bool(cfg.MODEL.SIE_CAMERA)
+        if cfg.MODEL.SIE_VIEW:
+            logging.getLogger('reid').warning(
+                'MODEL.SIE_VIEW: heat maps leave the view embedding out (no view ids reach '
+                'them), so they explain features that differ from the evaluated ones')
         self.batch = max(1, int(cfg.TEST.IMS_PER_BATCH))
 
     # ----- the two halves of the evaluation forward -------------------------------------------

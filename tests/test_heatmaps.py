@@ -248,3 +248,20 @@ def test_test_script_lays_heat_maps_over_the_rank_lists(tmp_path_factory, tmp_pa
                           np.asarray(Image.open(tmp_path / 'heat' / 'rank_lists' /
                                                 sorted(os.listdir(tmp_path / 'heat' /
                                                                   'rank_lists'))[0])))
+
+
+def test_a_view_embedding_model_is_warned_about(tmp_path_factory):
+    import logging
+    from utils.logger import get_logger
+    cfg, model = _sie_olp(tiny_clip(tmp_path_factory, 'vit'))
+    cfg.defrost()
+    cfg.MODEL.SIE_VIEW = True
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    get_logger().addHandler(handler)
+    try:
+        HeatMapper(model, cfg)
+    finally:
+        get_logger().removeHandler(handler)
+    assert any('heat maps leave the view embedding out' in r.getMessage() for r in records)
