@@ -27,7 +27,9 @@ class Part:
 
 
 def shift(records, pid_offset, cam_offset):
-    return [(path, pid + pid_offset, camid + cam_offset, viewid)
+    """Records with identities and cameras offset; negative identities (junk, distractors)
+    stay as they are, so they never become another dataset's identity."""
+    return [(path, pid + pid_offset if pid >= 0 else pid, camid + cam_offset, viewid)
             for path, pid, camid, viewid in records]
 
 

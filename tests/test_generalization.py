@@ -346,3 +346,9 @@ def test_generalization_config_builds_its_train_and_test_sets(root, tmp_path_fac
     data = make_dataloader(cfg)
     assert [s.name for s in data.test_sets] == list(cfg.DATASETS.TEST_NAMES)
     assert data.num_classes == 4 * len(names)
+
+
+def test_negative_identities_are_not_shifted_into_another_dataset():
+    from datasets.joint import shift
+    records = [('a.jpg', 3, 1, 0), ('junk.jpg', -1, 0, 0)]
+    assert shift(records, 100, 6) == [('a.jpg', 103, 7, 0), ('junk.jpg', -1, 6, 0)]
