@@ -23,10 +23,27 @@ def load_clip(cfg):
     logger.info('CLIP %s pretraining %r: %s activation%s', spec.name, spec.tag, spec.activation,
                 f' (open_clip trained it with mean {list(spec.mean)}, std {list(spec.std)})'
                 if spec.mean else '')
+    mismatch = normalisation_mismatch(spec, cfg.INPUT)
+    if mismatch:
+        logger.warning(mismatch)
     if spec.tag != OPENAI and size_differences(spec, arch):
         logger.warning('the weights in %s are not open_clip\'s %s (%s): check MODEL.NAME',
                        path, spec.name, '; '.join(size_differences(spec, arch)))
     return model, arch
+
+
+def normalisation_mismatch(spec, input_cfg):
+    """A warning when the pretraining's mean / std (as open_clip lists them) are not
+    INPUT.PIXEL_MEAN / PIXEL_STD: the images would be normalised unlike in pretraining."""
+    if not spec.mean:
+        return ''
+    ours = list(input_cfg.PIXEL_MEAN) + list(input_cfg.PIXEL_STD)
+    theirs = list(spec.mean) + list(spec.std)
+    if all(abs(a - b) < 1e-3 for a, b in zip(ours, theirs)):
+        return ''
+    return (f'MODEL.CLIP_PRETRAINED {spec.tag!r} was trained on images normalised with mean '
+            f'{list(spec.mean)} and std {list(spec.std)}, but INPUT.PIXEL_MEAN / PIXEL_STD '
+            f'are {list(input_cfg.PIXEL_MEAN)} / {list(input_cfg.PIXEL_STD)}: set them to match')
 
 
 def make_model(cfg, num_class, camera_num, view_num, object_word=None, method=None):

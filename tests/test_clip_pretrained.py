@@ -312,3 +312,15 @@ def test_backbone_configs_change_only_the_backbone(rel, base, changed):
     assert spec.activation == ('GELU' if 'laion' in rel else 'QuickGELU')
     header = open(os.path.join(ROOT, 'configs', rel)).read().split('MODEL:')[0]
     assert 'Not trained here' in ' '.join(line.lstrip('# ') for line in header.splitlines())
+
+
+def test_a_pretraining_normalised_otherwise_is_warned_about():
+    from types import SimpleNamespace
+    from model.factory import normalisation_mismatch
+    cfg = load_config('', [])
+    openai = SimpleNamespace(tag='openai', mean=tuple(cfg.INPUT.PIXEL_MEAN),
+                             std=tuple(cfg.INPUT.PIXEL_STD))
+    assert normalisation_mismatch(openai, cfg.INPUT) == ''
+    halves = SimpleNamespace(tag='webli', mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert 'set them to match' in normalisation_mismatch(halves, cfg.INPUT)
+    assert normalisation_mismatch(SimpleNamespace(tag='x', mean=(), std=()), cfg.INPUT) == ''
