@@ -1,13 +1,25 @@
-"""The binned match ranking (utils.ranking.match_ranks) against the plain sorted algorithm."""
+"""The binned match ranking (utils.ranking.match_ranks) against the plain sorted algorithm,
+by both ways of counting on the CPU: the fused numba loop and torch's passes (the GPU's)."""
 import numpy as np
 import pytest
 import torch
 
 import utils.ranking as ranking
+import utils.ranking_cpu as ranking_cpu
 from utils.pairs import KeyIndex, pairs_to_mask
 from utils.ranking import match_ranks, sorted_match_ranks
 
 DEVICES = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(autouse=True, params=['fused', 'passes'])
+def counting(request, monkeypatch):
+    """Every test runs with the CPU's fused count and with torch's passes."""
+    if request.param == 'passes':
+        monkeypatch.setattr(ranking_cpu, 'available', lambda dist: False)
+    else:
+        assert ranking_cpu.numba is not None, 'numba (requirements.txt) is not installed'
+    return request.param
 
 
 def loop_ranks(dist, q_pids, g_pids, excluded):

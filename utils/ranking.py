@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import ranking_cpu
 from .pairs import KeyIndex, pairs_to_mask, union
 
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -194,6 +195,18 @@ def match_ranks(dist, q_pids, g_index, excluded=None):
     if not torch.isfinite(vals[pos_idx]).all():
         mask = pairs_to_mask(excluded, num_rows, num_cols) if excluded is not None else None
         return sorted_match_ranks(dist, q_pids, g_index.keys, mask)
+    if ranking_cpu.available(dist):
+        before = ranking_cpu.count_before(dist, rows[pos_idx], cols[pos_idx], vals[pos_idx])
+    else:
+        before = _count_before_in_passes(dist, rows, cols, vals, pos_idx)
+    return num_pos, _less_ignored(before, rows, vals, is_pos, is_excl, pos_idx)
+
+
+def _count_before_in_passes(dist, rows, cols, vals, pos_idx):
+    """_count_before over the block, a pass of rows at a time (pos_idx: the matches among the
+    named pairs, whose counts are returned)."""
+    num_rows, num_cols = dist.shape
+    dev = dist.device
     before = torch.empty(pos_idx.numel(), dtype=torch.int64, device=dev)
     pos_row = rows[pos_idx]  # ascending: pairs are row-major
     bins, step = _binning(num_rows, num_cols, dev)
@@ -206,6 +219,12 @@ def match_ranks(dist, q_pids, g_index, excluded=None):
             sel = pos_idx[start:end]
             before[start:end] = _count_before(dist[first:first + step], rows[sel] - first,
                                               cols[sel], vals[sel], work, bins)
+    return before
+
+
+def _less_ignored(before, rows, vals, is_pos, is_excl, pos_idx):
+    """The ranks of the matches: one more than the entries before them (`before`, in pos_idx
+    order) that the protocol keeps."""
     # kept entries before a match = all entries before it - ignored entries before it
     order = _row_value_order(rows, vals)
     excl = is_excl[order].long()
@@ -215,7 +234,7 @@ def match_ranks(dist, q_pids, g_index, excluded=None):
     excl_before -= excl_before[torch.searchsorted(row_sorted, row_sorted)]
     keep = is_pos[order]
     which = torch.searchsorted(pos_idx, order[keep])  # where each match's `before` is
-    return num_pos, before[which] - excl_before[keep] + 1
+    return before[which] - excl_before[keep] + 1
 
 
 class RankCollector:

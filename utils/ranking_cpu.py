@@ -1,0 +1,132 @@
+"""The CPU form of ranking's count: one fused pass over each row, compiled with numba.
+
+utils/ranking._count_before asks, for a few "named" entries of each row of a distance block,
+how many entries of their row come before them in (value, column) order. On a GPU torch's
+separate passes (map to bins, histogram, gather the candidates) are memory-bound and fast;
+on a CPU each pass reads the whole block again, and the passes together cost more than the
+matrix product that made the distances. numba (a maintained JIT compiler for array loops)
+lets one loop do all of it while the row is in cache, with the same answer:
+
+- every entry x goes to bin floor((x - low) * scale) + 1, clamped to 0 .. bins + 2, where
+  low .. high spans the row's named values (NaN goes to the top bin). Rounding is monotone,
+  so the map is: an entry in a lower bin than a named entry comes before it;
+- the bins are counted, and the entries that share a bin with a named entry (about
+  G / bins each) are kept as candidates and compared exactly: value, then column, NaN after
+  every number, -0.0 equal to 0.0.
+
+Rows run in parallel (numba's prange). The first call compiles (a few seconds) and the
+machine code is cached in __pycache__.
+"""
+import numpy as np
+import torch
+
+try:
+    import numba
+except ImportError:  # requirements.txt has it; without it ranking uses torch's passes
+    numba = None
+
+
+def _jit(**options):
+    """numba.njit (lazy: compiled at the first call), or nothing without numba."""
+    return (lambda f: numba.njit(cache=True, nogil=True, **options)(f)) if numba else (lambda f: f)
+
+_ENTRIES_PER_BIN = 8
+
+
+def available(dist):
+    return numba is not None and dist.device.type == 'cpu' and dist.dtype == torch.float32
+
+
+def count_before(dist, named_row, named_col, named_val):
+    """For each named entry (named_row, named_col) of value named_val (row-major, finite) of a
+    float32 CPU [R, G] block: the entries of its row before it in (value, column) order."""
+    num_rows, num_cols = dist.shape
+    starts = np.searchsorted(named_row.numpy(), np.arange(num_rows + 1))
+    bins = max(16, num_cols // _ENTRIES_PER_BIN)
+    out = np.empty(named_row.numel(), np.int64)
+    _count_rows(dist.contiguous().numpy(), starts, named_col.numpy(), named_val.numpy(), bins,
+                out)
+    return torch.from_numpy(out)
+
+
+@_jit(parallel=True)
+def _count_rows(dist, starts, cols, vals, bins, out):
+    num_rows, num_cols = dist.shape
+    for r in numba.prange(num_rows):
+        first, end = starts[r], starts[r + 1]
+        if end > first:
+            _count_row(dist[r], cols[first:end], vals[first:end], bins, out[first:end])
+
+
+@_jit()
+def _bin(x, low, scale, top):
+    if x != x:  # NaN: after every number (no named entry is in the top bin: it is never
+        return top  # searched, only counted)
+    b = (x - low) * scale
+    if b < 0.0:
+        return 0
+    if b >= top - 1:  # also +inf
+        return top
+    return int(b) + 1
+
+
+@_jit()
+def _count_row(row, cols, vals, bins, out):
+    named = vals.size
+    low, high = vals.min(), vals.max()
+    scale = bins / (high - low) if high > low else 1.0
+    top = bins + 2
+    # the named entries in (value, column) order, and the bin of each
+    by_col = np.argsort(cols, kind='mergesort')
+    order = by_col[np.argsort(vals[by_col], kind='mergesort')]  # -0.0 and 0.0 compare equal
+    named_bin = np.empty(named, np.int64)
+    for j in range(named):
+        named_bin[j] = _bin(vals[order[j]], low, scale, top)
+    # the sorted named entries of each bin are order[group_first[b] .. group_end[b]]
+    flag = np.zeros(top + 1, np.bool_)
+    group_first = np.zeros(top + 1, np.int64)
+    group_end = np.zeros(top + 1, np.int64)
+    for j in range(named - 1, -1, -1):
+        group_first[named_bin[j]] = j
+    for j in range(named):
+        flag[named_bin[j]] = True
+        group_end[named_bin[j]] = j + 1
+    hist = np.zeros(top + 1, np.int32)
+    cand = np.empty(row.size, np.int64)
+    num_cand = 0
+    for c in range(row.size):
+        b = _bin(row[c], low, scale, top)
+        hist[b] += 1
+        if flag[b]:
+            cand[num_cand] = c
+            num_cand += 1
+    # entries in lower bins: a running sum up to each named bin
+    below = np.empty(named, np.int64)
+    total, b_done = 0, 0
+    for j in range(named):
+        while b_done < named_bin[j]:
+            total += hist[b_done]
+            b_done += 1
+        below[j] = total
+    # each candidate comes before the named entries of its bin that are greater than it:
+    # +1 from the first of those (a binary search) to the end of the bin's group
+    diff = np.zeros(named + 1, np.int64)
+    for i in range(num_cand):
+        c = cand[i]
+        x = row[c]
+        b = _bin(x, low, scale, top)
+        # the first named entry of the bin greater than (x, c) in (value, column) order
+        left, right = group_first[b], group_end[b]
+        while left < right:
+            mid = (left + right) // 2
+            v = vals[order[mid]]
+            if v < x or (v == x and cols[order[mid]] <= c):
+                left = mid + 1
+            else:
+                right = mid
+        diff[left] += 1
+        diff[group_end[b]] -= 1
+    running = 0
+    for j in range(named):
+        running += diff[j]
+        out[order[j]] = below[j] + running
