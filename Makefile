@@ -21,10 +21,10 @@ demo: venv
 	@echo "Demo done. These numbers come from a tiny randomly initialised CLIP trained on generated"
 	@echo "images (before vs after training), not from real CLIP weights or data. For real data:"
 	@echo "  python train_pcl.py --config_file configs/pcl/market1501.yml DATASETS.ROOT_DIR /path/to/data"
-	@echo "The run is in output/demo_pcl (README: 'What the output means'); to search, extract"
-	@echo "features or export it, see the README section 'Use a trained model'."
+	@echo "The run is in output/demo_pcl (what it all means: docs/training.md, 'What the demo"
+	@echo "prints'); to search, extract features or export it: docs/using-a-model.md."
 
-# The README's pictures (docs/images) from the demo model (`make demo` first); an unsupervised
+# The pictures of docs/visualization.md (docs/images) from the demo model (`make demo` first); an unsupervised
 # demo run (output/demo_pcl_unsup, about a minute) gives the clustering curves.
 DEMO_RUN := --config_file output/demo_pcl/config.yaml TEST.WEIGHT output/demo_pcl/tiny-ViT_12.pth
 DEMO_QUERY := demo_data/Market-1501-v15.09.15/query/0002_c1s1_000360_01.jpg

@@ -120,13 +120,13 @@ def test_gelu_weights_built_with_quickgelu_give_other_features(project_features,
     ('RN50', 'cc12m', 'QuickGELU'), ('ViT-B/16', 'LAION2B-s34b-b88k', 'GELU'),
     ('ViT-B-16-quickgelu', 'dfn2b', 'QuickGELU'), ('tiny-not-open-clip', 'openai', 'QuickGELU')])
 def test_the_activation_follows_open_clip_s_tag_config(name, tag, activation):
-    """The README's table: what open_clip's per-tag config says; 'openai' is QuickGELU for
+    """The table of docs/backbones.md: what open_clip's per-tag config says; 'openai' is QuickGELU for
     any name (local files of any size, as before)."""
     assert pretraining(name, tag).activation == activation
 
 
-def test_the_readme_table_says_what_open_clip_builds():
-    text = open(os.path.join(ROOT, 'README.md')).read()
+def test_the_docs_table_says_what_open_clip_builds():
+    text = open(os.path.join(ROOT, 'docs', 'backbones.md')).read()
     table = text.split('## CLIP backbones')[1].split('| `MODEL.NAME` | tag | activation |')[1]
     rows = [line.split('|')[1:4] for line in table.strip().split('\n\n')[0].splitlines()[1:]
             if line.startswith('|')]

@@ -102,7 +102,7 @@ def test_upstream_pcl_fixture_is_the_paper_revision():
 
 
 def test_unsupervised_pcl_configs_hold_their_settings():
-    """ClusterContrast's loop with the PCL-CLIP model (sources in the README)."""
+    """ClusterContrast's loop with the PCL-CLIP model (sources in docs/unsupervised.md)."""
     for dataset, size, eps, iters in (('market1501', (256, 128), 0.6, 200),
                                       ('msmt17', (256, 128), 0.7, 400),
                                       ('veri', (256, 256), 0.6, 400)):
