@@ -24,8 +24,9 @@ demo: venv
 	@echo "The run is in output/demo_pcl (what it all means: docs/training.md, 'What the demo"
 	@echo "prints'); to search, extract features or export it: docs/using-a-model.md."
 
-# The pictures of docs/visualization.md (docs/images) from the demo model (`make demo` first); an unsupervised
-# demo run (output/demo_pcl_unsup, about a minute) gives the clustering curves.
+# The pictures of docs/visualization.md (docs/images) from the demo model (`make demo`
+# first); an unsupervised demo run (output/demo_pcl_unsup, about a minute) gives the
+# clustering curves.
 DEMO_RUN := --config_file output/demo_pcl/config.yaml TEST.WEIGHT output/demo_pcl/tiny-ViT_12.pth
 DEMO_QUERY := demo_data/Market-1501-v15.09.15/query/0002_c1s1_000360_01.jpg
 pictures: venv

@@ -120,8 +120,8 @@ def test_gelu_weights_built_with_quickgelu_give_other_features(project_features,
     ('RN50', 'cc12m', 'QuickGELU'), ('ViT-B/16', 'LAION2B-s34b-b88k', 'GELU'),
     ('ViT-B-16-quickgelu', 'dfn2b', 'QuickGELU'), ('tiny-not-open-clip', 'openai', 'QuickGELU')])
 def test_the_activation_follows_open_clip_s_tag_config(name, tag, activation):
-    """The table of docs/backbones.md: what open_clip's per-tag config says; 'openai' is QuickGELU for
-    any name (local files of any size, as before)."""
+    """The table of docs/backbones.md: what open_clip's per-tag config says; 'openai' is
+    QuickGELU for any name (local files of any size, as before)."""
     assert pretraining(name, tag).activation == activation
 
 

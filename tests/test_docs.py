@@ -32,12 +32,13 @@ DOCS = sorted((ROOT / 'docs').glob('*.md'))
 LINKED = [ROOT / 'README.md', *DOCS, ROOT / 'benchmarks' / 'README.md']
 WITH_COMMANDS = [ROOT / 'README.md', *DOCS]
 SHELL = ('bash', 'sh', 'shell', 'console')
-MARKER = re.compile(r'^<!-- commands: (?:tested by (?P<tests>tests/[\w./-]+\.py(?:, tests/[\w./-]+\.py)*)'
+TEST_FILE = r'tests/[\w./-]+\.py'
+MARKER = re.compile(rf'^<!-- commands: (?:tested by (?P<tests>{TEST_FILE}(?:, {TEST_FILE})*)'
                     r'|need real data|need a GPU|need real data and a GPU) -->$')
 FENCE = re.compile(r'^(`{3,}|~{3,})\s*([\w+-]*)')
 LINK = re.compile(r'!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+"[^"]*")?\s*\)')
 KEY = re.compile(r'^[A-Z][A-Z0-9_]*(\.[A-Z][A-Z0-9_]*)*$')
-# Options whose value is not a file to check, and commands that need no check of their own.
+# Commands that need no check of their own.
 OTHER_COMMANDS = ('pytest', 'tensorboard', 'pip', 'cd', 'export', 'mkdir', 'ls', 'cat')
 
 
@@ -302,8 +303,9 @@ def test_the_checks_catch_what_they_should():
     assert 'SOLVER.MAX_EPOCHS' in command_problems(
         ['python', 'train_pcl.py', '--config_file', 'configs/pcl/market1501.yml',
          'SOLVER.MAX_EPOCHS', 'many'], targets)[0][0]
-    assert command_problems(['python', 'train_pcl.py', '--config_file', 'configs/pcl/market1501.yml',
-                             'DATASETS.ROOT_DIR', '/path/to/data'], targets) == ([], ['train_pcl.py'])
+    assert command_problems(['python', 'train_pcl.py', '--config_file',
+                             'configs/pcl/market1501.yml', 'DATASETS.ROOT_DIR', '/path/to/data'],
+                            targets) == ([], ['train_pcl.py'])
     assert command_problems(['python', 'test_clipreid.py', '--config_file',
                              'output/run/config.yaml', 'TEST.WEIGHTS', 'x.pth'], targets)[0]
     block = ['RUN="--config_file configs/demo/pcl.yml TEST.WEIGHT w.pth"',
