@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import ranking_cpu
 from .pairs import KeyIndex, pairs_to_mask, union
 
 _INT64_MAX = torch.iinfo(torch.int64).max
@@ -39,6 +38,10 @@ def cpu_rank_entries(num_cols):
     """Entries one CPU ranking pass holds: _CPU_ELEMENTS, and at least one row."""
     return max(_CPU_ELEMENTS, num_cols)
 
+
+# blocks from this size on the CPU are counted by utils.ranking_cpu's fused loop; below it,
+# torch's passes cost less than loading numba (about 0.6 s a process)
+FUSED_MIN_ENTRIES = 1 << 20
 
 # bytes order_keys holds per entry at its peak: a float32 copy, a temporary, the int64 keys
 ORDER_KEY_BYTES = 16
@@ -195,11 +198,23 @@ def match_ranks(dist, q_pids, g_index, excluded=None):
     if not torch.isfinite(vals[pos_idx]).all():
         mask = pairs_to_mask(excluded, num_rows, num_cols) if excluded is not None else None
         return sorted_match_ranks(dist, q_pids, g_index.keys, mask)
-    if ranking_cpu.available(dist):
-        before = ranking_cpu.count_before(dist, rows[pos_idx], cols[pos_idx], vals[pos_idx])
+    fused = _fused_cpu_count(dist)
+    if fused is not None:
+        before = fused(dist, rows[pos_idx], cols[pos_idx], vals[pos_idx])
     else:
         before = _count_before_in_passes(dist, rows, cols, vals, pos_idx)
     return num_pos, _less_ignored(before, rows, vals, is_pos, is_excl, pos_idx)
+
+
+def _fused_cpu_count(dist):
+    """utils.ranking_cpu.count_before for a large float32 block on the CPU, else None."""
+    if dist.device.type != 'cpu' or dist.dtype != torch.float32 or dist.numel() < FUSED_MIN_ENTRIES:
+        return None
+    try:
+        from .ranking_cpu import count_before
+    except ImportError:  # requirements.txt has numba; without it, torch's passes (same counts)
+        return None
+    return count_before
 
 
 def _count_before_in_passes(dist, rows, cols, vals, pos_idx):

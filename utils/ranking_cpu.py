@@ -15,26 +15,18 @@ lets one loop do all of it while the row is in cache, with the same answer:
   every number, -0.0 equal to 0.0.
 
 Rows run in parallel (numba's prange). The first call compiles (a few seconds) and the
-machine code is cached in __pycache__.
+machine code is cached in __pycache__; a process pays about 0.6 s to import numba and load
+it, so utils/ranking uses this module only for large blocks.
 """
+import numba
 import numpy as np
 import torch
-
-try:
-    import numba
-except ImportError:  # requirements.txt has it; without it ranking uses torch's passes
-    numba = None
-
-
-def _jit(**options):
-    """numba.njit (lazy: compiled at the first call), or nothing without numba."""
-    return (lambda f: numba.njit(cache=True, nogil=True, **options)(f)) if numba else (lambda f: f)
 
 _ENTRIES_PER_BIN = 8
 
 
-def available(dist):
-    return numba is not None and dist.device.type == 'cpu' and dist.dtype == torch.float32
+def _jit(**options):
+    return numba.njit(cache=True, nogil=True, **options)
 
 
 def count_before(dist, named_row, named_col, named_val):
