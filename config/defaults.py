@@ -137,6 +137,10 @@ _C.DATASETS.VEHICLEID_TEST_SIZE = 800
 _C.DATASETS.VIEW_LABELS = ''
 # Corrupt or unreadable image: 'error' stops naming the file, 'skip' skips and counts
 _C.DATASETS.ON_BAD_IMAGE = 'error'
+# Validation split: hold out this many training identities (drawn with SOLVER.SEED), never
+# trained on, scored during training by the standard protocol (one-camera data: the animal
+# protocol); query = one image per identity and camera, gallery = the rest. 0 = off
+_C.DATASETS.VAL_IDENTITIES = 0
 
 # -----------------------------------------------------------------------------
 # DATALOADER

@@ -136,7 +136,7 @@ AT_LEAST_ONE = tuple(
     [stage + key for stage in _STAGES for key in _PERIODS + ('IMS_PER_BATCH',)
      if stage + key not in INERT_UPSTREAM_KEYS]
     + ['TEST.IMS_PER_BATCH', 'DATALOADER.NUM_INSTANCE'])
-AT_LEAST_ZERO = ('DATALOADER.NUM_WORKERS',)
+AT_LEAST_ZERO = ('DATALOADER.NUM_WORKERS', 'DATASETS.VAL_IDENTITIES')
 
 
 def _get(cfg, name):

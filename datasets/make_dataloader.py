@@ -14,6 +14,7 @@ from .joint import JointDataset
 from .registry import dataset_names, init_dataset
 from .samplers import PKSampler, ShuffleSampler
 from .transforms import build_transforms
+from .validation import hold_out_identities, without_held_out
 
 logger = logging.getLogger('reid')
 
@@ -38,10 +39,13 @@ class DataBundle:
     num_classes: int
     camera_num: int
     view_num: int
-    dataset: ReIDDataset           # the training set (the first test set's when not loaded)
+    dataset: ReIDDataset           # the training set (the first test set's when not loaded);
+                                   # without the held-out identities (DATASETS.VAL_IDENTITIES)
     test_sets: list = field(default_factory=list)  # EvaluationSet per dataset evaluated
     per_dataset: bool = False      # several test sets, or DATASETS.TEST_NAMES set: figures
                                    # are named per dataset and tabled
+    val_sets: list = field(default_factory=list)   # DATASETS.VAL_IDENTITIES > 0: one
+                                   # EvaluationSet 'validation' of the held-out identities
 
 
 def collate(batch):
@@ -146,14 +150,28 @@ def test_datasets(cfg, train_set, training):
 
 
 def needs_training_set(cfg, training):
-    """Evaluation alone loads DATASETS.NAMES only when it is evaluated, or when a joint
-    set's camera offsets are needed."""
+    """Evaluation alone loads DATASETS.NAMES only when it is evaluated, when a joint
+    set's camera offsets are needed, or when a validation split is held out of it."""
     d = cfg.DATASETS
-    if training or not d.TEST_NAMES:
+    if training or not d.TEST_NAMES or d.VAL_IDENTITIES > 0:
         return True
     train_names = dataset_names(d.NAMES)
     return len(train_names) > 1 and bool(
         set(train_names) & set(dataset_names(d.TEST_NAMES, 'DATASETS.TEST_NAMES')))
+
+
+def split_validation(cfg, dataset):
+    """(the training set without the held-out identities, their ValidationSplit); logged."""
+    count, seed = cfg.DATASETS.VAL_IDENTITIES, cfg.SOLVER.SEED
+    train, val = hold_out_identities(dataset, count, seed, animal_ap_mode=cfg.TEST.AP_MODE)
+    reduced = without_held_out(dataset, train)
+    if is_main_process():
+        logger.info('validation split (DATASETS.VAL_IDENTITIES): %d identities held out '
+                    '(SOLVER.SEED %d): query %d images, gallery %d images, %s protocol%s; '
+                    '%d identities train', count, seed, len(val.query), len(val.gallery),
+                    val.protocol, f' ({val.ap_mode} AP)' if val.protocol == 'animal' else '',
+                    reduced.num_train_pids)
+    return reduced, val
 
 
 def make_dataloader(cfg, training=True):
@@ -161,15 +179,29 @@ def make_dataloader(cfg, training=True):
 
     Unsupervised training (MODEL.UNSUPERVISED) gets no train_loader (its trainer samples
     pseudo-identities) and num_classes 1: the model's identity classifier is not trained.
+    DATASETS.VAL_IDENTITIES > 0 holds that many training identities out (also when only
+    evaluating): the bundle's dataset, loaders and num_classes are without them, and
+    val_sets scores them (datasets/validation.py).
     """
     rank, world = get_rank(), get_world_size()
-    dataset = None
+    dataset = val_split = None
+    holding_out = cfg.DATASETS.VAL_IDENTITIES > 0
     if needs_training_set(cfg, training):
         dataset = init_dataset(cfg.DATASETS.NAMES, root=cfg.DATASETS.ROOT_DIR,
-                               **dataset_kwargs(cfg, training))
+                               **dataset_kwargs(cfg, training or holding_out))
+        if holding_out:
+            dataset, val_split = split_validation(cfg, dataset)
     common = loader_kwargs(cfg, report=True)
     test_transform = build_transforms(cfg, is_train=False)
     batch = cfg.TEST.IMS_PER_BATCH  # test-transform loaders hold this rank's share of batches
+
+    def evaluation_set(name, test_set, offset):
+        loader = DataLoader(
+            ImageDataset(shard(test_records(test_set, offset), rank, world, batch),
+                         test_transform, with_path=True),
+            batch_size=batch, shuffle=False, **common)
+        return EvaluationSet(name, test_set, loader, len(test_set.query), offset)
+
     train_loader = train_eval_loader = None
     if training:
         if not cfg.MODEL.UNSUPERVISED:
@@ -178,17 +210,13 @@ def make_dataloader(cfg, training=True):
         train_eval_loader = DataLoader(ImageDataset(shard(dataset.train, rank, world, batch),
                                                     test_transform),
                                        batch_size=batch, shuffle=False, **common)
-    test_sets = []
-    for name, test_set, offset in test_datasets(cfg, dataset, training):
-        loader = DataLoader(
-            ImageDataset(shard(test_records(test_set, offset), rank, world, batch),
-                         test_transform, with_path=True),
-            batch_size=batch, shuffle=False, **common)
-        test_sets.append(EvaluationSet(name, test_set, loader, len(test_set.query), offset))
+    test_sets = [evaluation_set(*entry) for entry in test_datasets(cfg, dataset, training)]
+    val_sets = [] if val_split is None else [evaluation_set(val_split.name, val_split, 0)]
     if dataset is None:
         dataset = test_sets[0].dataset
     num_classes = 1 if cfg.MODEL.UNSUPERVISED else dataset.num_train_pids
     first = test_sets[0]
     return DataBundle(train_loader, train_eval_loader, first.val_loader, first.num_query,
                       num_classes, dataset.num_train_cams, dataset.num_train_vids, dataset,
-                      test_sets, per_dataset=len(test_sets) > 1 or bool(cfg.DATASETS.TEST_NAMES))
+                      test_sets, per_dataset=len(test_sets) > 1 or bool(cfg.DATASETS.TEST_NAMES),
+                      val_sets=val_sets)
