@@ -15,6 +15,7 @@ from utils.runtime import config_for, setup_run
 
 from .evaluation import evaluate_sets, make_evaluators
 from .recipes import train_baseline, train_clipreid, train_pcl
+from .selection import chooses_on_validation, evaluate_chosen, is_sweep, warn_test_sweep
 
 TRAINERS = {'clipreid': train_clipreid, 'pcl': train_pcl, 'baseline': train_baseline}
 
@@ -67,7 +68,9 @@ def test_main(description, rerank=False):
 
 def evaluate(cfg, rerank=False):
     """The test scripts' evaluation of cfg's TEST.WEIGHT (re-ranked when `rerank` or
-    TEST.RE_RANKING); returns the EvalResult."""
+    TEST.RE_RANKING); returns the EvalResult. A re-ranking sweep with a validation split
+    (DATASETS.VAL_IDENTITIES) is scored on that split, and the test split with its best
+    setting alone (processor/selection.py)."""
     cfg, state_dict = read_trained(cfg)
     runtime = setup_run(cfg, 'test_rerank_log.txt' if rerank else 'test_log.txt')
     cfg.defrost()
@@ -77,5 +80,9 @@ def evaluate(cfg, rerank=False):
     data, model = _build(cfg, runtime, training=False,
                          num_classes=checkpoint_identities(state_dict), state_dict=state_dict)
     load_into(model, state_dict, cfg.TEST.WEIGHT)
+    if chooses_on_validation(cfg):
+        return evaluate_chosen(cfg, state_dict, model, data, runtime)
     result, _ = evaluate_sets(cfg, model, data, make_evaluators(cfg, data), runtime)
+    if is_sweep(cfg):
+        warn_test_sweep()
     return result
