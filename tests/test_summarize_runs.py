@@ -98,7 +98,7 @@ def test_a_run_without_a_validation_split_shows_its_last_epoch_and_no_best(tmp_p
     assert table[2]['best mAP'] == table[3]['best mAP'] == ''  # mean, std of no values
     assert "selection 'none': no validation split" in out
     plain_line = next(line for line in out.splitlines() if line.startswith(plain))
-    assert plain_line.split()[-3:] == ['-', '-', '-']  # best epoch, mAP, Rank-1
+    assert plain_line.split()[-4:] == ['-', '-', '-', '-']  # best epoch, val mAP, mAP, Rank-1
 
 
 def test_one_run_has_no_std_and_markdown_is_a_table(tmp_path, capsys):
@@ -108,10 +108,11 @@ def test_one_run_has_no_std_and_markdown_is_a_table(tmp_path, capsys):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == ('| run | selection | final epoch | final mAP | final Rank-5 | best epoch '
-                        '| best mAP | best Rank-5 |')
-    assert lines[1] == '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |'
-    assert lines[2] == f'| {run} | validation | 4 | 80.0 | 97.0 | 3 | 81.0 | 96.0 |'
-    assert lines[3] == '| mean ± std |  |  | 80.0 ± - | 97.0 ± - |  | 81.0 ± - | 96.0 ± - |'
+                        '| val mAP | best mAP | best Rank-5 |')
+    assert lines[1] == '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |'
+    assert lines[2] == f'| {run} | validation | 4 | 80.0 | 97.0 | 3 | 99.0 | 81.0 | 96.0 |'
+    assert lines[3] == ('| mean ± std |  |  | 80.0 ± - | 97.0 ± - |  | 99.0 ± - | 81.0 ± - '
+                        '| 96.0 ± - |')
     assert "configs are the same" in out
 
 
@@ -153,3 +154,17 @@ def test_bad_run_folders_are_one_error_line(tmp_path, capsys):
     code, _, err = run_tool(SCRIPT, [good], capsys)
     assert code == 2 and err.strip() == (f'error: {good}: no config.yaml; give training run '
                                          'folders (their OUTPUT_DIR)')
+
+
+def test_val_map_is_the_best_validation_map_of_the_run(tmp_path, capsys):
+    """The column to choose runs by (e.g. CLUSTER.EPS): the highest validation mAP, that of
+    the best checkpoint; no test figure enters it."""
+    rows = [('pcl', e, 10 * e, 'val/mAP', v) for e, v in ((1, 0.5), (2, 0.7), (3, 0.6))]
+    rows += [('pcl', 3, 30, 'test/last/mAP', 0.9), ('pcl', 3, 30, 'test/last/Rank-1', 0.95),
+             ('pcl', 3, 30, 'test/last/epoch', 3), ('pcl', 3, 30, 'test/best/mAP', 0.8),
+             ('pcl', 3, 30, 'test/best/Rank-1', 0.9), ('pcl', 3, 30, 'test/best/epoch', 2)]
+    run = make_run(tmp_path / 'eps', rows, ['CLUSTER.EPS', '0.6'])
+    code, _, err = run_tool(SCRIPT, [run, '--csv', tmp_path / 'eps.csv'], capsys)
+    assert code == 0, err
+    row = read_table(tmp_path / 'eps.csv')[0]
+    assert (row['val mAP'], row['best epoch'], row['best mAP']) == ('0.7', '2', '0.8')

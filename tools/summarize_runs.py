@@ -15,8 +15,10 @@ row per run:
   a run with a validation split, DATASETS.VAL_IDENTITIES > 0, writes when it ends). A run
   without a validation split has selection 'none': its final figures are the val/* rows of
   its last evaluated epoch, which are test-split figures then.
-- best: the test figures of the checkpoint chosen on the validation split (test/best/*) and
-  its epoch; '-' for a run without a validation split (nothing chosen on the test set).
+- best: the test figures of the checkpoint chosen on the validation split (test/best/*), its
+  epoch and its validation mAP (val mAP: choose between runs, e.g. of several CLUSTER.EPS,
+  by that column, never by a test figure); '-' for a run without a validation split
+  (nothing chosen on the test set).
 - one column per config key whose value differs between the runs (OUTPUT_DIR ignored).
 Then mean ± standard deviation of each column over the runs that have the value: the sample
 standard deviation (n - 1 in the denominator), '-' with one value.
@@ -93,9 +95,13 @@ def run_figures(folder, dataset=''):
     tests = {k: {_split(n[len(k) + 6:]): v for n, v in latest.items()
                  if n.startswith(f'test/{k}/') and n != f'test/{k}/epoch'}
              for k in ('last', 'best')}
-    run = {'config': config, 'best': {}, 'best epoch': latest.get('test/best/epoch')}
+    run = {'config': config, 'best': {}, 'best epoch': latest.get('test/best/epoch'),
+           'val mAP': None}
     if tests['last']:
         run['selection'], run['final epoch'] = 'validation', latest.get('test/last/epoch')
+        val_maps = [row['value'] for row in rows if row['name'].startswith('val/')
+                    and _split(row['name'][4:])[1].split('(')[0] == 'mAP']
+        run['val mAP'] = max(val_maps, default=None)
         run['dataset'], run['final'] = _of_dataset(tests['last'], dataset, folder)
         if tests['best']:
             run['best'] = _of_dataset(tests['best'], run['dataset'], folder)[1]
@@ -139,15 +145,15 @@ def table(folders, runs, metrics):
     """(header, rows of cells, columns of figures): cells are str, int or fractions."""
     keys = differing_keys([r['config'] for r in runs])
     header = ['run', *keys, 'selection', 'final epoch', *(f'final {m}' for m in metrics),
-              'best epoch', *(f'best {m}' for m in metrics)]
+              'best epoch', 'val mAP', *(f'best {m}' for m in metrics)]
     rows = []
     for folder, run in zip(folders, runs):
         epochs = [run[k] if run[k] is None else int(run[k]) for k in ('final epoch', 'best epoch')]
         rows.append([os.path.normpath(folder), *(str(run['config'].get(k, '-')) for k in keys),
                      run['selection'], epochs[0], *(pick(run['final'], m) for m in metrics),
-                     epochs[1], *(pick(run['best'], m) for m in metrics)])
-    figures = [i for i, name in enumerate(header) if name.startswith(('final ', 'best '))
-               and not name.endswith(' epoch')]
+                     epochs[1], run['val mAP'], *(pick(run['best'], m) for m in metrics)])
+    figures = [i for i, name in enumerate(header) if name == 'val mAP' or
+               name.startswith(('final ', 'best ')) and not name.endswith(' epoch')]
     return header, rows, figures
 
 
@@ -169,7 +175,7 @@ def text_cells(header, rows, figures):
 
 
 def numeric(header):
-    return {i for i, name in enumerate(header) if name.startswith(('final ', 'best '))}
+    return {i for i, name in enumerate(header) if name.startswith(('final ', 'best ', 'val '))}
 
 
 def format_text(header, cells):
@@ -201,7 +207,8 @@ def notes(runs, header):
     datasets = sorted({r['dataset'] for r in runs if r['dataset']})
     out = [f'figures in %{" on " + ", ".join(datasets) if datasets else ""}; final: the '
            'checkpoint at the end of training; best: the checkpoint chosen on the validation '
-           'split (its epoch in best epoch)',
+           'split (its epoch in best epoch, its validation mAP in val mAP: compare runs, e.g. '
+           'of several CLUSTER.EPS, by that column)',
            'mean ± std over the runs that have the value (n when fewer than all); std is the '
            'sample standard deviation (n - 1)']
     if any(r['selection'] == 'none' for r in runs):
