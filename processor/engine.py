@@ -5,6 +5,13 @@ text features, centroid memory), `batches` (what one epoch iterates) and `train_
 loss). LR stepping, mixed precision, logging, curves (utils.training_log), NaN checks,
 evaluation, checkpoints and resumable state are written once here. The last epoch always
 evaluates and saves a checkpoint, whatever EVAL_PERIOD and CHECKPOINT_PERIOD say.
+
+With a validation split (DATASETS.VAL_IDENTITIES: data.val_sets), evaluation during training
+scores it, and <MODEL.NAME>_best.pth holds the weights of the epoch with the highest
+validation mAP (ties: the earlier epoch; the record is in the training state, so a resumed
+run keeps it). After the last epoch the test sets are scored once with the last weights and
+once with the best (curves test/last/* and test/best/*); the model then holds the last
+weights again, as the last checkpoint and the training state do.
 """
 import os
 import time
@@ -23,7 +30,7 @@ from utils.meter import StepMeters, format_means
 from utils.runtime import seed_everything
 from utils.training_log import TrainingLog
 
-from .evaluation import evaluate_sets
+from .evaluation import evaluate_sets, make_evaluators
 
 _NO_STEP = float(2 ** 24)  # "no step yet" in note_finite (exact in float32, above any step)
 
@@ -34,11 +41,17 @@ class Trainer:
     loss_fn = None           # a loss module with its own state (center loss): saved with the rest
 
     def __init__(self, cfg, solver_cfg, model, optimizer, scheduler, runtime, data,
-                 evaluator=None, center_optimizer=None):
+                 evaluator=None, center_optimizer=None, test_evaluator=None):
         self.cfg, self.solver, self.runtime, self.data = cfg, solver_cfg, runtime, data
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.center_optimizer = center_optimizer
-        self.evaluator = evaluator
+        self.evaluator = evaluator  # one per set of the split scored during training
+        # With a validation split, training scores it; the test sets wait for the end.
+        self.validating = evaluator is not None and bool(getattr(data, 'val_sets', None))
+        self.test_evaluator = test_evaluator
+        if self.validating and test_evaluator is None:
+            self.test_evaluator = make_evaluators(cfg, data)
+        self.best = None  # {'epoch', 'mAP'} of the best validation mAP so far
         self.device = runtime.device
         self.amp_dtype = runtime.amp_dtype
         self.scaler = torch.amp.GradScaler(self.device.type,
@@ -112,6 +125,8 @@ class Trainer:
                             + zlib.crc32(self.stage.encode()) % 1000)
             self.train_epoch(epoch)
             self.end_epoch(epoch)
+        if self.validating:
+            self.test_at_end(max_epochs)
 
     def samples_in(self, batch):
         """Images one step trains on, over all ranks (for the samples/s log)."""
@@ -219,12 +234,66 @@ class Trainer:
             self.curves.add(epoch, self.iteration, values)
 
     def evaluate(self, epoch):
-        """Score every test set (self.evaluator: one evaluator per data.test_sets); returns
-        the first one's result."""
+        """Score every set of the split evaluated during training (self.evaluator: one
+        evaluator per set): the validation split when there is one, else the test sets;
+        returns the first one's result. A validation score may make this epoch the best."""
+        split, heading = ('validation', 'validation split') if self.validating else ('test', None)
         result, curves = evaluate_sets(self.cfg, self.model, self.data, self.evaluator,
-                                       self.runtime)
+                                       self.runtime, split, heading)
         self.add_curves(epoch, curves)
+        if self.validating and epoch > 0:  # epoch 0 (EVAL_BEFORE_TRAIN) has no checkpoint
+            self.note_best(epoch, result.mAP)
         return result
+
+    def best_file(self):
+        return os.path.join(self.cfg.OUTPUT_DIR, f'{model_file_name(self.cfg)}_best.pth')
+
+    def note_best(self, epoch, mAP):
+        """Keep this epoch's weights as the best when its validation mAP beats every earlier
+        epoch's (strictly: a tie leaves the earlier epoch the best)."""
+        if self.best is not None and not mAP > self.best['mAP']:
+            return
+        self.best = {'epoch': epoch, 'mAP': float(mAP)}
+        with du.fail_together():  # rank 0 writes: a failure there stops every rank
+            if du.is_main_process():
+                save_weights(self.model, self.best_file())
+        self.logger.info('best checkpoint so far: epoch %d, validation mAP %.1f%%, saved as %s',
+                         epoch, 100 * mAP, self.best_file())
+
+    def test_at_end(self, last_epoch):
+        """Score the test sets with the last weights, then with the best checkpoint's (unless
+        the last epoch is the best: its figures then stand for both); the curves go in at the
+        last epoch and iteration. The model holds the last weights again afterwards."""
+        test = 'test split, {} checkpoint (epoch {}{})'
+        _, curves = evaluate_sets(self.cfg, self.model, self.data, self.test_evaluator,
+                                  self.runtime, heading=test.format('last', last_epoch, ''),
+                                  prefix='test/last')
+        curves['test/last/epoch'] = last_epoch
+        best = self.best
+        if best is None:
+            self.logger.info('no best checkpoint: no validation mAP was recorded')
+        elif best['epoch'] == last_epoch:
+            self.logger.info('the best checkpoint is the last one (epoch %d): its test results '
+                             'are those above', last_epoch)
+            curves.update({'test/best/' + name[len('test/last/'):]: value
+                           for name, value in curves.items()})
+        else:
+            last_weights = {k: v.detach().to('cpu', copy=True)
+                            for k, v in self.net.state_dict().items()}
+            if du.is_dist():  # rank 0 wrote the best file; every rank reads it
+                torch.distributed.barrier()
+            with du.fail_together():
+                self.net.load_state_dict(torch.load(self.best_file(), map_location='cpu',
+                                                    weights_only=True))
+            heading = test.format('best', best['epoch'],
+                                  f', validation mAP {100 * best["mAP"]:.1f}%')
+            _, best_curves = evaluate_sets(self.cfg, self.model, self.data,
+                                           self.test_evaluator, self.runtime, heading=heading,
+                                           prefix='test/best')
+            curves.update(best_curves)
+            curves['test/best/epoch'] = best['epoch']
+            self.net.load_state_dict(last_weights)
+        self.add_curves(last_epoch, curves)
 
     def end_epoch(self, epoch):
         last = epoch == self.solver.MAX_EPOCHS
@@ -257,7 +326,7 @@ class Trainer:
             'center_optimizer': self.center_optimizer and self.center_optimizer.state_dict(),
             'loss': None if self.loss_fn is None else self.loss_fn.state_dict(),
             'epoch': epoch, 'iteration': self.iteration, 'stage': self.stage,
-            'rng': rng_state(), 'extra': self.extra_state(),
+            'rng': rng_state(), 'extra': self.extra_state(), 'best': self.best,
         }
         atomic_save(state, state_path(self.cfg.OUTPUT_DIR, name, self.stage))
         self.logger.info('saved %s and the training state', weights)
@@ -279,6 +348,7 @@ class Trainer:
         if self.loss_fn is not None and state.get('loss'):
             self.loss_fn.load_state_dict(state['loss'])
         self.iteration = state['iteration']
+        self.best = state.get('best')  # older states hold no record: none
         set_rng_state(state['rng'])
         self.logger.info('resumed %s after epoch %d', self.stage, state['epoch'])
         return state['epoch'] + 1

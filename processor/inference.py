@@ -42,8 +42,12 @@ def extract_features(cfg, encode, loader, runtime, desc='features'):
 
 
 @torch.no_grad()
-def do_inference(cfg, model, val_loader, evaluator, runtime):
+def do_inference(cfg, model, val_loader, evaluator, runtime, split=None):
     """Features of this rank's share of query+gallery; the evaluator gathers and scores.
+
+    `split` names what is scored in the log's heading ('Results on the <split> (...):', e.g.
+    'validation split' or 'test split, last checkpoint (epoch 60)'); without it the heading
+    is 'Validation results (...):' as it always was.
 
     Always in float32, whatever SOLVER.AMP says (upstream evaluates in fp32): a checkpoint
     scores the same after a mixed-precision or a full-precision run.
@@ -63,7 +67,10 @@ def do_inference(cfg, model, val_loader, evaluator, runtime):
         from .heatmaps import HeatMapper
         evaluator.heat_mapper = HeatMapper(model, cfg, runtime.device)
     result = evaluator.compute()
-    logger.info('Validation results (%s):', evaluator.describe())
+    if split:
+        logger.info('Results on the %s (%s):', split, evaluator.describe())
+    else:
+        logger.info('Validation results (%s):', evaluator.describe())
     for name, value in result.summary().items():
         logger.info('%-24s %.1f%%', name, 100 * value)
     if result.skipped_queries:

@@ -10,7 +10,7 @@ from utils.checkpoint import unwrap
 
 from .baseline import BaselineTrainer
 from .clipreid import ImageTrainer, PromptTrainer
-from .evaluation import make_evaluators
+from .evaluation import make_evaluators, split_sets
 from .pcl import PCLTrainer
 from .pcl_unsup import UnsupervisedPCLTrainer
 
@@ -32,7 +32,17 @@ def set_trainable(model, predicate):
 
 
 def _evaluator(cfg, data):
+    """Evaluators of the split scored during training: the validation split when
+    DATASETS.VAL_IDENTITIES holds one out, else the test sets."""
+    if split_sets(data, 'validation'):
+        return make_evaluators(cfg, data, 'validation')
     return make_evaluators(cfg, data)
+
+
+def _test_evaluator(cfg, data):
+    """With a validation split, the test sets' evaluators (scored once, at the end of
+    training); None otherwise."""
+    return make_evaluators(cfg, data) if split_sets(data, 'validation') else None
 
 
 def train_pcl(cfg, model, data, runtime, resume_state=None):
@@ -46,7 +56,8 @@ def train_pcl(cfg, model, data, runtime, resume_state=None):
     optimizer, _ = make_optimizer(cfg.SOLVER, model)
     scheduler = make_scheduler(cfg.SOLVER, optimizer, 'multistep')
     trainer = trainer_class(cfg, cfg.SOLVER, model, optimizer, scheduler, runtime, data,
-                            evaluator=_evaluator(cfg, data))
+                            evaluator=_evaluator(cfg, data),
+                            test_evaluator=_test_evaluator(cfg, data))
     trainer.run(trainer.load_state(resume_state) if resume_state else 1)
     return trainer
 
@@ -58,8 +69,9 @@ def train_baseline(cfg, model, data, runtime, resume_state=None):
     optimizer, center_optimizer = make_optimizer(cfg.SOLVER, model, loss_fn.center)
     scheduler = make_scheduler(cfg.SOLVER, optimizer, 'multistep')
     trainer = BaselineTrainer(cfg, cfg.SOLVER, model, optimizer, scheduler, runtime, data,
-                              evaluator=_evaluator(cfg, data), center_optimizer=center_optimizer,
-                              loss_fn=loss_fn)
+                              evaluator=_evaluator(cfg, data),
+                              test_evaluator=_test_evaluator(cfg, data),
+                              center_optimizer=center_optimizer, loss_fn=loss_fn)
     trainer.run(trainer.load_state(resume_state) if resume_state else 1)
     return trainer
 
@@ -85,7 +97,8 @@ def train_clipreid(cfg, model, data, runtime, resume_state=None):
     optimizer, center_optimizer = make_optimizer(s2, ddp_model, loss_fn.center)
     scheduler = make_scheduler(s2, optimizer, 'multistep')
     stage2 = ImageTrainer(cfg, s2, ddp_model, optimizer, scheduler, runtime, data,
-                          evaluator=_evaluator(cfg, data), center_optimizer=center_optimizer,
-                          loss_fn=loss_fn)
+                          evaluator=_evaluator(cfg, data),
+                          test_evaluator=_test_evaluator(cfg, data),
+                          center_optimizer=center_optimizer, loss_fn=loss_fn)
     stage2.run(stage2.load_state(resume_state) if resume_state else 1)
     return stage2

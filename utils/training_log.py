@@ -3,9 +3,12 @@
 They go to OUTPUT_DIR/metrics.csv, one value per row (stage, epoch, iteration, name, value),
 which a spreadsheet or a plot script reads, and, with SOLVER.TENSORBOARD, to TensorBoard
 event files under OUTPUT_DIR/tensorboard/<stage> (`tensorboard --logdir OUTPUT_DIR`). Names
-are 'train/<loss>', 'train/lr' and 'val/<metric>' (metrics as fractions); the step is the
-stage's iteration. Only rank 0 writes. A stage that starts again (resumed, or a fresh run)
-first drops what an earlier attempt logged after its starting iteration, in both outputs.
+are 'train/<loss>', 'train/lr' and 'val/<metric>' (metrics as fractions; the validation
+split's when DATASETS.VAL_IDENTITIES holds one out, then also 'test/last/<metric>' and
+'test/best/<metric>' of the test split at the stage's end); the step is the stage's
+iteration. Only rank 0 writes. A stage that starts again (resumed, or a fresh run) first
+drops what an earlier attempt logged after its starting iteration, in both outputs, and its
+end-of-training test figures (test/last/*, test/best/*: a resumed run scores them again).
 """
 import csv
 import io
@@ -79,7 +82,8 @@ class TrainingLog:
         fresh = start_iteration == 0
         if os.path.exists(self.csv_path):
             _keep_rows(self.csv_path, lambda row: row['stage'] != stage or (
-                not fresh and row['iteration'] <= start_iteration))
+                not fresh and row['iteration'] <= start_iteration
+                and not row['name'].startswith('test/')))
         new_file = not os.path.exists(self.csv_path)
         self.csv_file = open(self.csv_path, 'ab', buffering=0)
         if new_file:
