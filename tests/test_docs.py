@@ -9,8 +9,8 @@
   whose files exist and name every script of the block, or `<!-- commands: need real
   data -->`, `need a GPU`, `need real data and a GPU`.
 - Every command of those blocks is read: python scripts, `-m` modules, torchrun scripts,
-  bash scripts and make targets exist; `--config_file` exists (a run's own config.yaml
-  under output/ or OUTPUT_DIR/ excepted) and loads with the block's KEY VALUE overrides
+  bash scripts and make targets exist; `--config_file` exists (a run's own
+  OUTPUT_DIR/config.yaml excepted) and loads with the block's KEY VALUE overrides
   through config.load_config; an override with a placeholder value only has its key checked.
   The Makefile's own script lines are read the same way.
 
@@ -135,7 +135,8 @@ def shell_blocks(path):
 
 def commands(body):
     """The block's commands as token lists: continuation lines joined, comments dropped,
-    shell variables set in the block (NAME="...") expanded."""
+    shell variables set in the block (NAME="...") expanded, a `for NAME in A B; do ... done`
+    loop's commands with NAME = A."""
     variables, logical, pending = {}, [], ''
     for line in body:
         if line.rstrip().endswith('\\'):
@@ -147,7 +148,13 @@ def commands(body):
         logical.append(pending)
     for line in logical:
         line = re.sub(r'\$\{?(\w+)\}?', lambda m: variables.get(m.group(1), m.group(0)), line)
+        loop = re.match(r'^\s*for (\w+) in (\S+).*; do$', line)
+        if loop:  # a loop's commands are checked with its first value
+            variables[loop.group(1)] = loop.group(2)
+            continue
         tokens = shlex.split(line, comments=True)
+        if tokens == ['done']:
+            continue
         if len(tokens) == 1 and re.match(r'^\w+=', tokens[0]):
             name, value = tokens[0].split('=', 1)
             variables[name] = value
@@ -184,7 +191,9 @@ def script_problems(script, tokens):
             i += 2
         else:
             i += 1
-    run_config = config.startswith(('output/', 'OUTPUT_DIR')) or placeholder(config)
+    # a run's own config.yaml (OUTPUT_DIR/config.yaml): written by training, not shipped
+    run_config = (config.endswith('/config.yaml') and not config.startswith('configs/')
+                  or placeholder(config))
     if config and not run_config and not (ROOT / config).is_file():
         return [f'{script}: no config file {config}']
     unknown = [key for key, _ in overrides if not is_config_key(key)]
