@@ -46,11 +46,18 @@ def dataset_names(value, key='DATASETS.NAMES'):
     return found
 
 
+SAME_IMAGES = {'dukemtmc', 'occ_duke'}  # datasets whose images overlap: no union of them
+
+
 def init_dataset(name, root='', **kwargs):
     """Build the dataset registered as `name` (case-insensitive) from the folder `root`;
     a list of several names builds their union (datasets.joint.JointDataset)."""
     names = dataset_names(name)
     if len(names) == 1:
         return DATASET_REGISTRY[names[0]](root=root, **kwargs)
+    if SAME_IMAGES <= set(names):
+        raise ReIDError('DATASETS.NAMES: dukemtmc and occ_duke hold the same images '
+                        '(Occluded-Duke is cut from DukeMTMC-reID): their union would give '
+                        'each person two identities; train on one of them')
     parts = [(n, DATASET_REGISTRY[n](root=root, **kwargs)) for n in names]
     return JointDataset(parts, verbose=kwargs.get('verbose', True))

@@ -59,6 +59,9 @@ def test_names_take_a_string_or_a_list_and_bad_lists_stop_with_one_line(root):
                                         r'DATASETS.TRAIN_LIST; a run takes at most one list-'
                                         r'file dataset$'):
         init_dataset(('custom', 'animals'), root=root)
+    with pytest.raises(ReIDError, match=r'^DATASETS.NAMES: dukemtmc and occ_duke hold the same '
+                                        r'images \(Occluded-Duke is cut from DukeMTMC-reID\)'):
+        init_dataset(('occ_duke', 'market1501', 'dukemtmc'), root=root)
     for test_names, message in (
             ("('msmt17', 'nope')", r"^unknown dataset DATASETS.TEST_NAMES='nope'; known: "),
             ("('msmt17', 'MSMT17')", r"^DATASETS.TEST_NAMES names msmt17 twice: "),
