@@ -55,7 +55,7 @@ def restore_logging():
         for handler in logger.handlers:
             if handler not in handlers:
                 handler.close()
-        logger.handlers[:] = handlers
+        logger.handlers = list(handlers)  # setup_logger makes root share reid's list
         logger.setLevel(level)
         logger.propagate = propagate
     logging.captureWarnings(capture)
