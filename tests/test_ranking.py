@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import utils.ranking as ranking
+import utils.ranking_cpu as ranking_cpu  # numba is in requirements.txt: fail, not skip
 from utils.pairs import KeyIndex, pairs_to_mask
 from utils.ranking import match_ranks, sorted_match_ranks
 
@@ -16,8 +17,6 @@ def counting(request, monkeypatch):
     """Every test runs with the CPU's fused count and with torch's passes."""
     fused = request.param == 'fused'
     monkeypatch.setattr(ranking, 'FUSED_MIN_ENTRIES', 0 if fused else 1 << 62)
-    if fused:
-        import utils.ranking_cpu  # noqa: F401  (numba is in requirements.txt: fail, not skip)
     return request.param
 
 
@@ -191,3 +190,16 @@ def test_nan_ranks_last_whatever_its_sign(dtype, device):
                                     torch.tensor(g_pids, device=device),
                                     torch.tensor(excluded, device=device))
     assert np.array_equal(num.cpu().numpy(), num_ref) and np.array_equal(ranks.cpu().numpy(), ranks_ref)
+
+
+def test_rows_longer_than_a_tile_of_the_fused_count():
+    # the fused count bins a row a tile at a time: rows of several tiles, ties and NaN
+    rng = np.random.default_rng(7)
+    dist, q_pids, g_pids, excluded = random_case(rng, 3, 3 * ranking_cpu._TILE + 5, 40,
+                                                 levels=2000)
+    dist[rng.random(dist.shape) < 0.01] = np.nan
+    dist[(g_pids[None] == q_pids[:, None]) & np.isnan(dist)] = 0.5  # finite matches
+    num, ranks = fast(dist.astype(np.float32), q_pids, g_pids, excluded)
+    num_ref, ranks_ref = loop_ranks(dist.astype(np.float32).astype(np.float64), q_pids, g_pids,
+                                    excluded)
+    assert np.array_equal(num, num_ref) and np.array_equal(ranks, ranks_ref)

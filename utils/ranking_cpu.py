@@ -7,9 +7,11 @@ on a CPU each pass reads the whole block again, and the passes together cost mor
 matrix product that made the distances. numba (a maintained JIT compiler for array loops)
 lets one loop do all of it while the row is in cache, with the same answer:
 
-- every entry x goes to bin floor((x - low) * scale) + 1, clamped to 0 .. bins + 2, where
-  low .. high spans the row's named values (NaN goes to the top bin). Rounding is monotone,
-  so the map is: an entry in a lower bin than a named entry comes before it;
+- every entry x goes to bin trunc(clamp((x - low) * scale, -1, bins + 1)) + 1, in 0 ..
+  bins + 2, where low .. high spans the row's named values (NaN goes to the top bin). The
+  map is monotone (so is every step of it), so an entry in a lower bin than a named entry
+  comes before it. A row is binned a tile at a time (a loop the compiler vectorizes), then
+  counted;
 - the bins are counted, and the entries that share a bin with a named entry (about
   G / bins each) are kept as candidates and compared exactly: value, then column, NaN after
   every number, -0.0 equal to 0.0.
@@ -22,7 +24,8 @@ import numba
 import numpy as np
 import torch
 
-_ENTRIES_PER_BIN = 8
+_ENTRIES_PER_BIN = 32  # entries a bin, about: a histogram that stays in cache
+_TILE = 4096  # entries binned at a time (in cache), then counted
 
 
 def _jit(**options):
@@ -52,21 +55,19 @@ def _count_rows(dist, starts, cols, vals, bins, out):
 
 @_jit()
 def _bin(x, low, scale, top):
-    if x != x:  # NaN: after every number (no named entry is in the top bin: it is never
-        return top  # searched, only counted)
+    """The bin of x: a monotone map, without branches so that a loop of it vectorizes
+    (truncation toward 0, the clamps and IEEE subtraction and product are all monotone)."""
     b = (x - low) * scale
-    if b < 0.0:
-        return 0
-    if b >= top - 1:  # also +inf
-        return top
-    return int(b) + 1
+    b = np.float32(top - 1) if x != x else b  # NaN: after every number (no named entry is in
+    b = min(max(b, np.float32(-1.0)), np.float32(top - 1))  # the top bin: it is only counted)
+    return np.int32(b) + 1
 
 
 @_jit()
 def _count_row(row, cols, vals, bins, out):
     named = vals.size
     low, high = vals.min(), vals.max()
-    scale = bins / (high - low) if high > low else 1.0
+    scale = np.float32(bins / (high - low) if high > low else 1.0)
     top = bins + 2
     # the named entries in (value, column) order, and the bin of each
     by_col = np.argsort(cols, kind='mergesort')
@@ -86,12 +87,17 @@ def _count_row(row, cols, vals, bins, out):
     hist = np.zeros(top + 1, np.int32)
     cand = np.empty(row.size, np.int64)
     num_cand = 0
-    for c in range(row.size):
-        b = _bin(row[c], low, scale, top)
-        hist[b] += 1
-        if flag[b]:
-            cand[num_cand] = c
-            num_cand += 1
+    tile = np.empty(_TILE, np.int32)
+    for start in range(0, row.size, _TILE):
+        size = min(_TILE, row.size - start)
+        for i in range(size):  # vectorized
+            tile[i] = _bin(row[start + i], low, scale, top)
+        for i in range(size):
+            b = tile[i]
+            hist[b] += 1
+            if flag[b]:
+                cand[num_cand] = start + i
+                num_cand += 1
     # entries in lower bins: a running sum up to each named bin
     below = np.empty(named, np.int64)
     total, b_done = 0, 0
