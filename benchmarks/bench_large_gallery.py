@@ -74,16 +74,6 @@ def limit_gpu(args):
     return args.budget or 0.5 * (args.gpu_memory * GIB - torch.cuda.memory_allocated()) / GIB
 
 
-def load_cpu_kernel():
-    """Import and load the CPU ranking kernel (numba, about 160 MB of code per process) before
-    the measurement: the figure is what evaluation holds for its data."""
-    import torch
-    from utils.ranking_cpu import count_before
-    dist = torch.zeros(1, 2)
-    count_before(dist, torch.zeros(1, dtype=torch.int64), torch.zeros(1, dtype=torch.int64),
-                 dist[0, :1])
-
-
 def run_evaluation(args):
     import torch
     from utils.metrics import R1_mAP_eval
@@ -94,8 +84,9 @@ def run_evaluation(args):
                             memory_budget=args.budget)
     evaluator.update((feats, pids, camids))
     del feats
-    if args.device == 'cpu':
-        load_cpu_kernel()
+    if args.device == 'cpu':  # numba's ranking code (about 160 MB per process), loaded apart
+        from utils import ranking_cpu
+        ranking_cpu.load()
     if args.device == 'cuda':
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

@@ -44,6 +44,13 @@ def count_before(dist, named_row, named_col, named_val):
     return torch.from_numpy(out)
 
 
+def load():
+    """Compile, or load from the cache, the kernel now (benchmarks time it apart)."""
+    dist = torch.zeros(1, 2)
+    first = torch.zeros(1, dtype=torch.int64)
+    count_before(dist, first, first, dist[0, :1])
+
+
 @_jit(parallel=True)
 def _count_rows(dist, starts, cols, vals, bins, out):
     num_rows, num_cols = dist.shape
