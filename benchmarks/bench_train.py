@@ -97,7 +97,7 @@ def make_cfg(args, method, root, weights):
 def loader_rate(loader, args):
     """samples/s of the training loader alone over the timed batches after the warm-up ones:
     the most the trainer could reach with this data pipeline."""
-    from processor.engine import EpochBatches
+    from processor.batches import EpochBatches
     stamps = [time.perf_counter()]
     for _ in EpochBatches(loader, 1, limit=args.warmup + args.iters):
         stamps.append(time.perf_counter())
@@ -109,8 +109,9 @@ def measure(args, method):
     import torch
     from processor import recipes
     from processor.cli import _build
+    from processor.batches import EpochBatches
     from processor.clipreid import ImageTrainer, PromptTrainer
-    from processor.engine import EpochBatches, Trainer
+    from processor.engine import Trainer
     from processor.pcl import PCLTrainer
     from utils.runtime import setup_run
 

@@ -1,5 +1,6 @@
 """Plain fine-tuning of the CLIP image encoder with identity and triplet losses."""
-from .engine import EpochBatches, Trainer
+from .batches import EpochBatches
+from .engine import Trainer
 
 
 class BaselineTrainer(Trainer):

@@ -7,11 +7,8 @@ evaluation, checkpoints and resumable state are written once here. The last epoc
 evaluates and saves a checkpoint, whatever EVAL_PERIOD and CHECKPOINT_PERIOD say.
 
 With a validation split (DATASETS.VAL_IDENTITIES: data.val_sets), evaluation during training
-scores it, and <MODEL.NAME>_best.pth holds the weights of the epoch with the highest
-validation mAP (ties: the earlier epoch; the record is in the training state, so a resumed
-run keeps it). After the last epoch the test sets are scored once with the last weights and
-once with the best (curves test/last/* and test/best/*); the model then holds the last
-weights again, as the last checkpoint and the training state do.
+scores it and keeps the best checkpoint, and the test sets are scored at the end
+(processor/best.py).
 """
 import os
 import time
@@ -30,6 +27,7 @@ from utils.meter import StepMeters, format_means
 from utils.runtime import seed_everything
 from utils.training_log import TrainingLog
 
+from .best import note_best, test_at_end
 from .evaluation import evaluate_sets, make_evaluators
 
 _NO_STEP = float(2 ** 24)  # "no step yet" in note_finite (exact in float32, above any step)
@@ -126,7 +124,7 @@ class Trainer:
             self.train_epoch(epoch)
             self.end_epoch(epoch)
         if self.validating:
-            self.test_at_end(max_epochs)
+            test_at_end(self, max_epochs)
 
     def samples_in(self, batch):
         """Images one step trains on, over all ranks (for the samples/s log)."""
@@ -242,58 +240,8 @@ class Trainer:
                                        self.runtime, split, heading)
         self.add_curves(epoch, curves)
         if self.validating and epoch > 0:  # epoch 0 (EVAL_BEFORE_TRAIN) has no checkpoint
-            self.note_best(epoch, result.mAP)
+            note_best(self, epoch, result.mAP)
         return result
-
-    def best_file(self):
-        return os.path.join(self.cfg.OUTPUT_DIR, f'{model_file_name(self.cfg)}_best.pth')
-
-    def note_best(self, epoch, mAP):
-        """Keep this epoch's weights as the best when its validation mAP beats every earlier
-        epoch's (strictly: a tie leaves the earlier epoch the best)."""
-        if self.best is not None and not mAP > self.best['mAP']:
-            return
-        self.best = {'epoch': epoch, 'mAP': float(mAP)}
-        with du.fail_together():  # rank 0 writes: a failure there stops every rank
-            if du.is_main_process():
-                save_weights(self.model, self.best_file())
-        self.logger.info('best checkpoint so far: epoch %d, validation mAP %.1f%%, saved as %s',
-                         epoch, 100 * mAP, self.best_file())
-
-    def test_at_end(self, last_epoch):
-        """Score the test sets with the last weights, then with the best checkpoint's (unless
-        the last epoch is the best: its figures then stand for both); the curves go in at the
-        last epoch and iteration. The model holds the last weights again afterwards."""
-        test = 'test split, {} checkpoint (epoch {}{})'
-        _, curves = evaluate_sets(self.cfg, self.model, self.data, self.test_evaluator,
-                                  self.runtime, heading=test.format('last', last_epoch, ''),
-                                  prefix='test/last')
-        curves['test/last/epoch'] = last_epoch
-        best = self.best
-        if best is None:
-            self.logger.info('no best checkpoint: no validation mAP was recorded')
-        elif best['epoch'] == last_epoch:
-            self.logger.info('the best checkpoint is the last one (epoch %d): its test results '
-                             'are those above', last_epoch)
-            curves.update({'test/best/' + name[len('test/last/'):]: value
-                           for name, value in curves.items()})
-        else:
-            last_weights = {k: v.detach().to('cpu', copy=True)
-                            for k, v in self.net.state_dict().items()}
-            if du.is_dist():  # rank 0 wrote the best file; every rank reads it
-                torch.distributed.barrier()
-            with du.fail_together():
-                self.net.load_state_dict(torch.load(self.best_file(), map_location='cpu',
-                                                    weights_only=True))
-            heading = test.format('best', best['epoch'],
-                                  f', validation mAP {100 * best["mAP"]:.1f}%')
-            _, best_curves = evaluate_sets(self.cfg, self.model, self.data,
-                                           self.test_evaluator, self.runtime, heading=heading,
-                                           prefix='test/best')
-            curves.update(best_curves)
-            curves['test/best/epoch'] = best['epoch']
-            self.net.load_state_dict(last_weights)
-        self.add_curves(last_epoch, curves)
 
     def end_epoch(self, epoch):
         last = epoch == self.solver.MAX_EPOCHS
@@ -361,34 +309,3 @@ class Trainer:
         elif self.scaler.is_enabled():
             self.logger.info('the training state has no fp16 GradScaler state (it was saved '
                              'in another precision): starting a fresh loss scale')
-
-
-class EpochBatches:
-    """The batches of one epoch: the loader's own pass, or `limit` batches taken from fresh
-    passes as needed (PCL's SOLVER.ITERS). Samplers are re-seeded for each pass."""
-
-    def __init__(self, loader, epoch, limit=None):
-        self.loader, self.epoch, self.limit = loader, epoch, limit
-
-    def __len__(self):
-        return self.limit or len(self.loader)
-
-    def _set_epoch(self, value):
-        for obj in (self.loader.sampler, getattr(self.loader, 'batch_sampler', None)):
-            if hasattr(obj, 'set_epoch'):
-                obj.set_epoch(value)
-
-    def __iter__(self):
-        produced, sweep = 0, 0
-        while produced < len(self):
-            self._set_epoch(self.epoch * 1000 + sweep if self.limit else self.epoch)
-            for batch in self.loader:
-                yield batch
-                produced += 1
-                if produced == len(self):
-                    return
-            if produced == 0 or not self.limit:
-                break
-            sweep += 1
-        if produced == 0:
-            raise ReIDError('the training loader yields no batches (is the train split empty?)')

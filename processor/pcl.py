@@ -8,7 +8,8 @@ from utils import distributed as du
 from utils.errors import ReIDError
 from utils.finite import check_finite
 
-from .engine import EpochBatches, Trainer
+from .batches import EpochBatches
+from .engine import Trainer
 from .inference import extract_features
 
 

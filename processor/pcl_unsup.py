@@ -15,7 +15,7 @@ from utils import distributed as du
 from utils.clustering import camera_proxies, cluster_features, clustering_summary
 from utils.errors import ReIDError
 
-from .engine import EpochBatches
+from .batches import EpochBatches
 from .pcl import PCLTrainer
 
 LOSSES = ('cluster', 'camera_proxy')

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import processor.best
 import processor.engine
 from _e2e_helpers import read_log
 from _run_helpers import NAME, run_ok, state, tiny_run, train_opts, weights  # noqa: F401
@@ -168,6 +169,7 @@ def _toy(tmp_path, monkeypatch, scores=None):
         return SimpleNamespace(mAP=value), {f'{prefix}/mAP': value}
 
     monkeypatch.setattr(processor.engine, 'evaluate_sets', fake_evaluate_sets)
+    monkeypatch.setattr(processor.best, 'evaluate_sets', fake_evaluate_sets)
     return trainer
 
 
@@ -210,7 +212,7 @@ def test_the_end_scores_last_then_best_and_keeps_the_last_weights(tmp_path, monk
     _epoch(trainer, 2)
     trainer.rows.clear()
     trainer.headings.clear()
-    trainer.test_at_end(2)
+    processor.best.test_at_end(trainer, 2)
     assert trainer.headings == ['test split, last checkpoint (epoch 2)',
                                 'test split, best checkpoint (epoch 1, validation mAP 70.0%)']
     assert trainer.rows == [(2, {'test/last/mAP': 2.0, 'test/last/epoch': 2,
@@ -225,7 +227,7 @@ def test_the_end_scores_once_when_the_last_epoch_is_the_best(tmp_path, monkeypat
     trainer.rows.clear()
     trainer.headings.clear()
     with caplog.at_level('INFO', logger='reid'):
-        trainer.test_at_end(2)
+        processor.best.test_at_end(trainer, 2)
     assert trainer.headings == ['test split, last checkpoint (epoch 2)']
     assert trainer.rows == [(2, {'test/last/mAP': 2.0, 'test/last/epoch': 2,
                                  'test/best/mAP': 2.0, 'test/best/epoch': 2})]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from processor.engine import EpochBatches
+from processor.batches import EpochBatches
 from utils.checkpoint import (atomic_save, find_resume_file, load_training_state, rng_state,
                               set_rng_state)
 from utils.errors import ReIDError
