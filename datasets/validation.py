@@ -11,10 +11,12 @@ their full size (the held-out images come from the training cameras).
 
 How each kind of training set is split:
 - Several cameras (Market1501, MSMT17, DukeMTMC, VeRi, CUHK03, list-file data with camids):
-  only identities seen by 2 or more cameras can be held out. The query is one image per
-  (identity, camera), drawn; the gallery is the rest. Protocol 'standard', as Market1501:
-  each query ignores the gallery images of its identity and camera, so every query keeps a
-  match in another camera.
+  only identities with 2 or more images in each of 2 or more cameras can be held out. The
+  query is one image per (identity, camera), drawn; the gallery is the rest. Protocol
+  'standard', as Market1501: each query ignores the gallery images of its identity and
+  camera, so the rule is what keeps a match in another camera for every query (an identity
+  with one image in a camera, or two cameras of one image each, would leave queries with
+  none, which the protocol would drop from the figures).
 - One camera (animals, tiger/ATRW, VehicleID, list-file data without camids): identities
   with 2 or more images can be held out. The query is one drawn image per identity, the
   gallery the rest. Protocol 'animal' with no camera filter (the query image is not in the
@@ -33,12 +35,14 @@ Validation pids are the identities' training labels before the relabelling; cami
 training ones (with a joint set's offsets), so the evaluation set's cam_offset is 0.
 """
 import copy
+from collections import Counter
 
 import numpy as np
 
 from utils.errors import ReIDError
 
 from .bases import ReIDDataset
+from .joint import JointDataset
 from .parsing import relabel
 
 KEY = 'DATASETS.VAL_IDENTITIES'
@@ -63,17 +67,22 @@ class ValidationSplit(ReIDDataset):
 
 
 def is_single_camera(dataset):
-    """True when the one-camera rule applies: an animal-family dataset, or one camera id."""
-    return dataset.protocol in ('animal', 'atrw') or len({r[2] for r in dataset.train}) <= 1
+    """True when the one-camera rule applies: one camera id in the training set, or an
+    animal-family dataset (not a union: its camera count decides)."""
+    if len({r[2] for r in dataset.train}) <= 1:
+        return True
+    return not isinstance(dataset, JointDataset) and dataset.protocol in ('animal', 'atrw')
 
 
 def eligible_identities(records, single_camera):
-    """Sorted training labels that can be held out: 2+ images (one camera), else 2+ cameras."""
+    """Sorted training labels that can be held out: 2+ images (one camera), else 2+ images
+    in each of 2+ cameras (every query then keeps a gallery match in another camera)."""
     seen = {}
     for _, pid, camid, _ in records:
-        seen.setdefault(pid, []).append(camid)
-    need = (lambda cams: len(cams) >= 2) if single_camera else (lambda cams: len(set(cams)) >= 2)
-    return sorted(pid for pid, cams in seen.items() if need(cams))
+        seen.setdefault(pid, Counter())[camid] += 1
+    if single_camera:
+        return sorted(pid for pid, cams in seen.items() if sum(cams.values()) >= 2)
+    return sorted(pid for pid, cams in seen.items() if sum(n >= 2 for n in cams.values()) >= 2)
 
 
 def hold_out_identities(dataset, num_identities, seed, animal_ap_mode='trapezoid'):
@@ -83,7 +92,8 @@ def hold_out_identities(dataset, num_identities, seed, animal_ap_mode='trapezoid
     total = len({r[1] for r in records})
     single = is_single_camera(dataset)
     eligible = eligible_identities(records, single)
-    rule = 'with 2 or more images' if single else 'seen by 2 or more cameras'
+    rule = 'with 2 or more images' if single else 'seen by 2 or more cameras with 2 or more ' \
+        'images each'
     if k > len(eligible):
         raise ReIDError(f'{KEY} is {k} but only {len(eligible)} of the {total} training '
                         f'identities are {rule} and can be held out')

@@ -142,25 +142,32 @@ def test_query_is_one_image_per_identity_and_camera(root):
     assert sorted(val.query + val.gallery) == sorted(held)
 
 
-def test_only_identities_seen_by_two_cameras_can_be_held_out():
-    # identity 0 in one camera; 1..3 in two; the draw may only take 1..3
-    train = [('a0', 0, 0, 0), ('a1', 0, 0, 0), ('b0', 1, 0, 0), ('b1', 1, 1, 0),
-             ('c0', 2, 1, 0), ('c1', 2, 2, 0), ('c2', 2, 2, 0), ('d0', 3, 0, 0), ('d1', 3, 2, 0)]
+def test_only_identities_that_keep_a_match_for_every_query_can_be_held_out():
+    # cameras (images): 0: one camera; 1: two cameras of one image; 2: {1: 1, 2: 2}, whose
+    # camera-2 query would meet only its own camera; 3, 4, 5: 2+ images in 2+ cameras
+    counts = {0: {0: 2}, 1: {0: 1, 1: 1}, 2: {1: 1, 2: 2}, 3: {0: 2, 2: 2},
+              4: {0: 2, 1: 2, 2: 1}, 5: {1: 2, 2: 2}}
+    train = [(f'{pid}_{cam}_{i}', pid, cam, 0) for pid, cams in counts.items()
+             for cam, n in cams.items() for i in range(n)]
     ds = SimpleNamespace(train=train, protocol='standard', object_word='person',
                          num_train_cams=3, num_train_vids=1)
     for seed in range(10):
         kept, val = hold_out_identities(ds, 2, seed)
-        assert 0 not in val.held_out and len(val.held_out) == 2
-        assert kept[:2] == [('a0', 0, 0, 0), ('a1', 0, 0, 0)]
-        assert sorted({r[1] for r in kept}) == [0, 1]
-    with pytest.raises(ReIDError, match=r'DATASETS.VAL_IDENTITIES is 4 but only 3 of the 4 '
-                                        r'training identities are seen by 2 or more cameras'):
+        assert set(val.held_out) <= {3, 4, 5} and len(val.held_out) == 2
+        assert kept[:7] == [r for r in train if r[1] in (0, 1, 2)]
+        assert sorted({r[1] for r in kept}) == [0, 1, 2, 3]
+        for _, pid, cam, _ in val.query:  # a gallery match in another camera, always
+            assert any(g[1] == pid and g[2] != cam for g in val.gallery)
+    with pytest.raises(ReIDError, match=r'DATASETS.VAL_IDENTITIES is 4 but only 3 of the 6 '
+                                        r'training identities are seen by 2 or more cameras '
+                                        r'with 2 or more images each'):
         hold_out_identities(ds, 4, 0)
-    with pytest.raises(ReIDError, match=r'DATASETS.VAL_IDENTITIES is 3: it would leave 1 of '
-                                        r'the 4 training identities'):
-        hold_out_identities(ds, 3, 0)
+    two = SimpleNamespace(**{**vars(ds), 'train': [r for r in train if r[1] in (3, 5)]})
+    with pytest.raises(ReIDError, match=r'DATASETS.VAL_IDENTITIES is 1: it would leave 1 of '
+                                        r'the 2 training identities'):
+        hold_out_identities(two, 1, 0)
     reduced = without_held_out(ds, kept)
-    assert reduced.num_train_pids == 2 and ds.train == train and reduced.num_train_cams == 3
+    assert reduced.num_train_pids == 4 and ds.train == train and reduced.num_train_cams == 3
 
 
 def test_too_many_identities_stop_with_one_line(root):
@@ -268,3 +275,13 @@ def test_evaluation_only_builds_the_split(root):
     assert [s.name for s in data.test_sets] == ['VehicleID']
     trained = make_dataloader(cfg_for(root, 'DATASETS.VAL_IDENTITIES', 2))
     assert data.val_sets[0].dataset.held_out == trained.val_sets[0].dataset.held_out
+
+
+def test_a_union_s_camera_count_picks_the_rule_whatever_its_first_part():
+    from datasets.joint import JointDataset
+    from datasets.validation import is_single_camera
+    union = JointDataset.__new__(JointDataset)  # yak first (protocol 'animal'), then Market
+    union.train = [('y0', 0, 0, 0), ('m0', 1, 3, 0), ('m1', 1, 4, 0)]
+    union.protocol = 'animal'
+    assert not is_single_camera(union)
+    assert is_single_camera(SimpleNamespace(train=union.train, protocol='animal'))
