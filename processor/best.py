@@ -8,6 +8,7 @@ the last epoch the test sets are scored once with the last weights and once with
 checkpoint's (curves test/last/* and test/best/*); the model then holds the last weights
 again, as the last checkpoint and the training state do.
 """
+import hashlib
 import os
 
 import torch
@@ -22,17 +23,51 @@ def best_file(cfg):
     return os.path.join(cfg.OUTPUT_DIR, f'{model_file_name(cfg)}_best.pth')
 
 
+def file_digest(path):
+    """sha256 of a file: which weights the record's best file holds."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 24), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def note_best(trainer, epoch, mAP):
-    """Keep this epoch's weights as the best when its validation mAP beats the record."""
-    if trainer.best is not None and not mAP > trainer.best['mAP']:
+    """Keep this epoch's weights as the best when its validation mAP beats the record, and
+    save the training state with the new record at once, so that --resume finds the record
+    of the file (rank 0 decides for every rank)."""
+    better = trainer.best is None or mAP > trainer.best['mAP']
+    if du.is_dist():
+        better = du.all_gather_object(better)[0]
+    if not better:
         return
-    trainer.best = {'epoch': epoch, 'mAP': float(mAP)}
     path = best_file(trainer.cfg)
     with du.fail_together():  # rank 0 writes: a failure there stops every rank
+        digest = None
         if du.is_main_process():
             save_weights(trainer.model, path)
-    trainer.logger.info('best checkpoint so far: epoch %d, validation mAP %.1f%%, saved as %s',
-                        epoch, 100 * mAP, path)
+            digest = file_digest(path)
+        trainer.best = {'epoch': epoch, 'mAP': float(mAP), 'sha256': digest}
+        trainer.save_state(epoch)
+    trainer.logger.info('best checkpoint so far: epoch %d, validation mAP %.1f%%, saved as %s '
+                        '(and the training state)', epoch, 100 * mAP, path)
+
+
+def checked_record(trainer, record):
+    """The best record of a training state to resume, if the best file still holds its
+    weights; else None, with a warning (a run stopped between writing a new best file and
+    its state leaves a file the state does not describe)."""
+    path = best_file(trainer.cfg)
+    holds = record is None or (du.is_main_process() and os.path.exists(path)
+                               and file_digest(path) == record.get('sha256'))
+    if du.is_dist():
+        holds = du.all_gather_object(holds)[0]  # rank 0 read the file: its answer counts
+    if holds:
+        return record
+    trainer.logger.warning('%s does not hold the weights of the best epoch the training state '
+                           'records (epoch %d): the record starts again from the next '
+                           'evaluation', path, record['epoch'])
+    return None
 
 
 def test_at_end(trainer, last_epoch):

@@ -82,7 +82,10 @@ def evaluate(cfg, rerank=False):
     load_into(model, state_dict, cfg.TEST.WEIGHT)
     if chooses_on_validation(cfg):
         return evaluate_chosen(cfg, state_dict, model, data, runtime)
-    result, _ = evaluate_sets(cfg, model, data, make_evaluators(cfg, data), runtime)
+    # with a validation split in the config, say which split these figures are
+    heading = 'test split' if cfg.DATASETS.VAL_IDENTITIES > 0 else None
+    result, _ = evaluate_sets(cfg, model, data, make_evaluators(cfg, data), runtime,
+                              heading=heading)
     if is_sweep(cfg):
         warn_test_sweep()
     return result

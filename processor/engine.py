@@ -27,8 +27,8 @@ from utils.meter import StepMeters, format_means
 from utils.runtime import seed_everything
 from utils.training_log import TrainingLog
 
-from .best import note_best, test_at_end
-from .evaluation import evaluate_sets, make_evaluators
+from .best import checked_record, note_best, test_at_end
+from .evaluation import evaluate_sets
 
 _NO_STEP = float(2 ** 24)  # "no step yet" in note_finite (exact in float32, above any step)
 
@@ -47,9 +47,11 @@ class Trainer:
         # With a validation split, training scores it; the test sets wait for the end.
         self.validating = evaluator is not None and bool(getattr(data, 'val_sets', None))
         self.test_evaluator = test_evaluator
-        if self.validating and test_evaluator is None:
-            self.test_evaluator = make_evaluators(cfg, data)
-        self.best = None  # {'epoch', 'mAP'} of the best validation mAP so far
+        self.best = None  # {'epoch', 'mAP', 'sha256'} of the best validation mAP so far
+        val_sets = getattr(data, 'val_sets', None)
+        # the identities the validation split holds out: a resumed run must hold out the same
+        self.held_out = list(val_sets[0].dataset.held_out) if val_sets else None
+        self._state_epoch = None  # the epoch whose training state is saved already
         self.device = runtime.device
         self.amp_dtype = runtime.amp_dtype
         self.scaler = torch.amp.GradScaler(self.device.type,
@@ -57,6 +59,12 @@ class Trainer:
         self.logger = get_logger()
         self.epoch = 0
         self.iteration = 0
+        if self.validating and solver_cfg.EVAL_PERIOD >= solver_cfg.MAX_EPOCHS:
+            self.logger.warning(
+                'DATASETS.VAL_IDENTITIES: the validation split is scored only at the last epoch '
+                '(EVAL_PERIOD %d, MAX_EPOCHS %d), so the best checkpoint is the last one; a '
+                'lower EVAL_PERIOD chooses among epochs', solver_cfg.EVAL_PERIOD,
+                solver_cfg.MAX_EPOCHS)
 
     @property
     def net(self):
@@ -268,6 +276,14 @@ class Trainer:
         weights = os.path.join(self.cfg.OUTPUT_DIR,
                                self.weights_pattern.format(name=name, epoch=epoch))
         save_weights(self.model, weights)
+        if self._state_epoch != epoch:
+            self.save_state(epoch)
+        self.logger.info('saved %s and the training state', weights)
+
+    def save_state(self, epoch):
+        """The training state after `epoch` (rank 0), which --resume continues from."""
+        if not du.is_main_process():
+            return
         state = {
             'model': self.net.state_dict(), 'optimizer': self.optimizer.state_dict(),
             'scheduler': self.scheduler.state_dict(), 'scaler': self.scaler.state_dict(),
@@ -275,15 +291,22 @@ class Trainer:
             'loss': None if self.loss_fn is None else self.loss_fn.state_dict(),
             'epoch': epoch, 'iteration': self.iteration, 'stage': self.stage,
             'rng': rng_state(), 'extra': self.extra_state(), 'best': self.best,
+            'held_out': self.held_out,
         }
-        atomic_save(state, state_path(self.cfg.OUTPUT_DIR, name, self.stage))
-        self.logger.info('saved %s and the training state', weights)
+        atomic_save(state, state_path(self.cfg.OUTPUT_DIR, model_file_name(self.cfg), self.stage))
+        self._state_epoch = epoch
 
     def load_state(self, state):
         """Continue after the epoch recorded in a training-state dict; returns the next epoch."""
         if state.get('stage') != self.stage:
             raise ReIDError(f'the training state to resume was written by {state.get("stage")!r} '
                             f'training; this run trains {self.stage!r}')
+        if state.get('held_out') != self.held_out:
+            def said(held):
+                return f'held out identities {held}' if held else 'held out no identity'
+            raise ReIDError(f'the training state to resume {said(state.get("held_out"))} for '
+                            f'validation; this run {said(self.held_out)}: resume with the '
+                            'DATASETS.VAL_IDENTITIES and SOLVER.SEED of the run')
         report = mismatch_report(self.net.state_dict(), state['model'])
         if report:
             raise ReIDError(f'the training state to resume does not fit this model: {report}')
@@ -296,7 +319,7 @@ class Trainer:
         if self.loss_fn is not None and state.get('loss'):
             self.loss_fn.load_state_dict(state['loss'])
         self.iteration = state['iteration']
-        self.best = state.get('best')  # older states hold no record: none
+        self.best = checked_record(self, state.get('best'))  # older states hold none
         set_rng_state(state['rng'])
         self.logger.info('resumed %s after epoch %d', self.stage, state['epoch'])
         return state['epoch'] + 1

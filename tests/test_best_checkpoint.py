@@ -17,6 +17,7 @@ from _run_helpers import NAME, run_ok, state, tiny_run, train_opts, weights  # n
 from config import load_config
 from processor import cli
 from processor.engine import Trainer
+from utils.errors import ReIDError
 from utils.training_log import read_metrics
 
 EPOCHS = 4
@@ -115,7 +116,7 @@ def test_resume_keeps_the_record_and_the_test_rows_are_written_once(tmp_path, ti
     assert saved['best']['epoch'] == _best_epoch(val_maps)
     assert _tensors_equal(first_best, weights(out, saved['best']['epoch']))
     assert (2, 'test/last/epoch') in _rows(out, 'test/')
-    record = {'epoch': 1, 'mAP': 2.0}
+    record = {'epoch': 1, 'mAP': 2.0, 'sha256': saved['best']['sha256']}  # the file's
     torch.save({**saved, 'best': record}, out / f'{NAME}_pcl_state.pth')
 
     opts = _opts(tiny_run, out, 'SOLVER.MAX_EPOCHS', EPOCHS)
@@ -152,7 +153,8 @@ def _toy(tmp_path, monkeypatch, scores=None):
     model = torch.nn.Linear(2, 1, bias=False)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     runtime = SimpleNamespace(device=torch.device('cpu'), amp_dtype=None, rank=0, world_size=1)
-    data = SimpleNamespace(val_sets=['validation'], test_sets=['test'], per_dataset=False)
+    held = SimpleNamespace(dataset=SimpleNamespace(held_out=[4, 9]))  # the split's identities
+    data = SimpleNamespace(val_sets=[held], test_sets=['test'], per_dataset=False)
     trainer = _ToyTrainer(cfg, cfg.SOLVER, model, optimizer,
                           torch.optim.lr_scheduler.StepLR(optimizer, 10), runtime, data,
                           evaluator=['val evaluator'], test_evaluator=['test evaluator'])
@@ -173,6 +175,20 @@ def _toy(tmp_path, monkeypatch, scores=None):
     return trainer
 
 
+def _record(best):
+    return {key: best[key] for key in ('epoch', 'mAP')}
+
+
+def test_a_new_best_saves_the_training_state_with_its_record(tmp_path, monkeypatch):
+    trainer = _toy(tmp_path, monkeypatch, {1.0: 0.5, 2.0: 0.4})
+    _epoch(trainer, 1)
+    saved = torch.load(tmp_path / 'toy_toy_state.pth', weights_only=True)
+    assert saved['epoch'] == 1 and saved['best'] == trainer.best
+    assert saved['best']['sha256'] == processor.best.file_digest(tmp_path / 'toy_best.pth')
+    _epoch(trainer, 2)  # no new best: the state stays that of epoch 1
+    assert torch.load(tmp_path / 'toy_toy_state.pth', weights_only=True)['epoch'] == 1
+
+
 def _epoch(trainer, epoch):
     with torch.no_grad():
         trainer.model.weight.fill_(epoch)
@@ -189,18 +205,27 @@ def test_a_tie_leaves_the_earlier_epoch_the_best_and_resume_keeps_it(tmp_path, m
     for epoch in (3, 4, 5):
         _epoch(trainer, epoch)
         assert torch.load(best_file, weights_only=True)['weight'][0, 0] == 3.0
-    assert trainer.best == {'epoch': 3, 'mAP': 0.6}
+    assert _record(trainer.best) == {'epoch': 3, 'mAP': 0.6}
     trainer.save_checkpoint(5)
     saved = torch.load(tmp_path / 'toy_toy_state.pth', weights_only=True)
-    assert saved['best'] == {'epoch': 3, 'mAP': 0.6}
+    assert _record(saved['best']) == {'epoch': 3, 'mAP': 0.6}
 
     resumed = _toy(tmp_path, monkeypatch, scores)
-    assert resumed.load_state(saved) == 6 and resumed.best == {'epoch': 3, 'mAP': 0.6}
+    assert resumed.load_state(saved) == 6 and resumed.best == saved['best']
     _epoch(resumed, 6)  # ties the record: the earlier epoch stays the best
     assert torch.load(best_file, weights_only=True)['weight'][0, 0] == 3.0
     _epoch(resumed, 7)
     assert torch.load(best_file, weights_only=True)['weight'][0, 0] == 7.0
+    # the best file no longer holds the record's weights (a run stopped between a new best
+    # file and its state): the record starts over
+    stale = _toy(tmp_path, monkeypatch, scores)
+    assert stale.load_state(saved) == 6 and stale.best is None
     del saved['best']  # a state written before the record existed: no record
+    for held_out, said in (([4, 8], 'held out identities [4, 8]'), (None, 'held out no identity')):
+        with pytest.raises(ReIDError, match=rf'^the training state to resume {re.escape(said)} '
+                                            r'for validation; this run held out identities '
+                                            r'\[4, 9\]: resume with the DATASETS.VAL_IDENTITIES'):
+            _toy(tmp_path, monkeypatch, scores).load_state({**saved, 'held_out': held_out})
     older = _toy(tmp_path, monkeypatch, scores)
     older.load_state(saved)
     assert older.best is None

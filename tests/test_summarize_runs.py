@@ -28,8 +28,8 @@ def make_run(folder, rows, opts=()):
 def split_run(folder, seed, last, best=None, best_epoch=3, extra=()):
     """A finished run with a validation split: validation curves, then test/last (and
     test/best) rows; last and best are {metric: fraction}."""
-    rows = [('pcl', 1, 10, 'train/loss', 2.0), ('pcl', 1, 10, 'val/mAP', 0.99),
-            ('pcl', 1, 10, 'val/Rank-1', 0.99)]
+    rows = [('pcl', 1, 10, 'train/loss', 2.0), ('pcl', best_epoch, 10, 'val/mAP', 0.99),
+            ('pcl', best_epoch, 10, 'val/Rank-1', 0.99)]
     rows += [('pcl', 4, 40, f'test/last/{m}', v) for m, v in last.items()]
     rows += [('pcl', 4, 40, 'test/last/epoch', 4)]
     if best:
@@ -157,9 +157,10 @@ def test_bad_run_folders_are_one_error_line(tmp_path, capsys):
 
 
 def test_val_map_is_the_best_validation_map_of_the_run(tmp_path, capsys):
-    """The column to choose runs by (e.g. CLUSTER.EPS): the highest validation mAP, that of
-    the best checkpoint; no test figure enters it."""
-    rows = [('pcl', e, 10 * e, 'val/mAP', v) for e, v in ((1, 0.5), (2, 0.7), (3, 0.6))]
+    """The column to choose runs by (e.g. CLUSTER.EPS): the validation mAP of the best
+    checkpoint (not of the untrained model before training); no test figure enters it."""
+    rows = [('pcl', e, 10 * e, 'val/mAP', v) for e, v in ((0, 0.75), (1, 0.5), (2, 0.7),
+                                                          (3, 0.6))]  # epoch 0: untrained
     rows += [('pcl', 3, 30, 'test/last/mAP', 0.9), ('pcl', 3, 30, 'test/last/Rank-1', 0.95),
              ('pcl', 3, 30, 'test/last/epoch', 3), ('pcl', 3, 30, 'test/best/mAP', 0.8),
              ('pcl', 3, 30, 'test/best/Rank-1', 0.9), ('pcl', 3, 30, 'test/best/epoch', 2)]

@@ -5,7 +5,8 @@ The same config with three seeds, then the table:
 
     for seed in 1 2 3; do
         python train_pcl.py --config_file configs/pcl/market1501.yml \\
-            DATASETS.VAL_IDENTITIES 100 SOLVER.SEED $seed OUTPUT_DIR logs/pcl_seed$seed
+            DATASETS.VAL_IDENTITIES 100 SOLVER.EVAL_PERIOD 5 SOLVER.SEED $seed \\
+            OUTPUT_DIR logs/pcl_seed$seed
     done
     python tools/summarize_runs.py logs/pcl_seed*
 
@@ -99,9 +100,11 @@ def run_figures(folder, dataset=''):
            'val mAP': None}
     if tests['last']:
         run['selection'], run['final epoch'] = 'validation', latest.get('test/last/epoch')
+        best_epoch = latest.get('test/best/epoch')
         val_maps = [row['value'] for row in rows if row['name'].startswith('val/')
-                    and _split(row['name'][4:])[1].split('(')[0] == 'mAP']
-        run['val mAP'] = max(val_maps, default=None)
+                    and _split(row['name'][4:])[1].split('(')[0] == 'mAP'
+                    and row['epoch'] == best_epoch]  # the best checkpoint's
+        run['val mAP'] = val_maps[-1] if val_maps else None
         run['dataset'], run['final'] = _of_dataset(tests['last'], dataset, folder)
         if tests['best']:
             run['best'] = _of_dataset(tests['best'], run['dataset'], folder)[1]

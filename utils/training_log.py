@@ -7,8 +7,10 @@ are 'train/<loss>', 'train/lr' and 'val/<metric>' (metrics as fractions; the val
 split's when DATASETS.VAL_IDENTITIES holds one out, then also 'test/last/<metric>' and
 'test/best/<metric>' of the test split at the stage's end); the step is the stage's
 iteration. Only rank 0 writes. A stage that starts again (resumed, or a fresh run) first
-drops what an earlier attempt logged after its starting iteration, in both outputs, and its
-end-of-training test figures (test/last/*, test/best/*: a resumed run scores them again).
+drops what an earlier attempt logged after its starting iteration, in both outputs, and
+metrics.csv also its end-of-training test figures (test/last/*, test/best/*: a resumed run
+scores them again). TensorBoard cannot drop one tag: a finished run resumed to more epochs
+keeps its earlier test figures there, at their own (earlier) step.
 """
 import csv
 import io
