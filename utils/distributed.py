@@ -107,7 +107,7 @@ def all_gather_equal(tensor):
     if not is_dist():
         return tensor
     out = tensor.new_empty((get_world_size() * tensor.shape[0],) + tuple(tensor.shape[1:]))
-    dist.all_gather_into_tensor(out, tensor.contiguous())
+    dist.all_gather_single(out, tensor.contiguous())  # all_gather_into_tensor, deprecated in 2.14
     return out
 
 
