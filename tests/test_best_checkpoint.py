@@ -257,3 +257,25 @@ def test_the_end_scores_once_when_the_last_epoch_is_the_best(tmp_path, monkeypat
     assert trainer.rows == [(2, {'test/last/mAP': 2.0, 'test/last/epoch': 2,
                                  'test/best/mAP': 2.0, 'test/best/epoch': 2})]
     assert 'the best checkpoint is the last one (epoch 2)' in caplog.text
+
+
+def test_clipreid_prompts_and_best_checkpoint_leave_the_held_out_identities_out(tmp_path,
+                                                                                 tiny_run):
+    """CLIP-ReID: stage 1 learns a prompt per kept identity only (6 - 2), stage 2 validates
+    on the held-out two, keeps its best checkpoint and scores the test split at its end."""
+    out = tmp_path / 'clipreid'
+    run_ok('train_clipreid.py', _opts(tiny_run, out, 'SOLVER.STAGE1.MAX_EPOCHS', 1,
+                                      'SOLVER.STAGE2.MAX_EPOCHS', 2,
+                                      'SOLVER.STAGE2.EVAL_PERIOD', 1))
+    stage1 = torch.load(out / f'{NAME}_stage1_1.pth', weights_only=True)
+    assert stage1['prompt_learner.cls_ctx'].shape[0] == 4
+    assert weights(out, 2)['classifier.weight'].shape[0] == 4
+    rows = {(r['stage'], r['epoch'], r['name']): r['value']
+            for r in read_metrics(out / 'metrics.csv')}
+    val_maps = {e: v for (stage, e, name), v in rows.items()
+                if stage == 'stage2' and name == 'val/mAP'}
+    best = _best_epoch(val_maps)
+    assert sorted(val_maps) == [1, 2] and rows[('stage2', 2, 'test/best/epoch')] == best
+    assert _tensors_equal(_best_weights(out), weights(out, best))
+    assert not any(stage == 'stage1' and name.startswith(('val/', 'test/'))
+                   for stage, _, name in rows)
