@@ -203,3 +203,14 @@ def test_rows_longer_than_a_tile_of_the_fused_count():
     num_ref, ranks_ref = loop_ranks(dist.astype(np.float32).astype(np.float64), q_pids, g_pids,
                                     excluded)
     assert np.array_equal(num, num_ref) and np.array_equal(ranks, ranks_ref)
+
+
+def test_matches_a_few_ulps_apart_near_zero():
+    # bins / span overflows float32 here: the map must stay monotone all the same
+    tiny = np.float32(1.4e-45)  # the smallest subnormal
+    dist = np.array([[0.0, tiny, 2 * tiny, -tiny, 1.0, tiny, 0.0, np.inf]], np.float32)
+    q_pids, g_pids = np.array([1]), np.array([1, 1, 2, 2, 2, 1, 2, 2])
+    excluded = np.zeros(dist.shape, bool)
+    num, ranks = fast(dist, q_pids, g_pids, excluded)
+    num_ref, ranks_ref = loop_ranks(dist.astype(np.float64), q_pids, g_pids, excluded)
+    assert np.array_equal(num, num_ref) and np.array_equal(ranks, ranks_ref)

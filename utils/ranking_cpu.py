@@ -65,8 +65,10 @@ def _bin(x, low, scale, top):
     """The bin of x: a monotone map, without branches so that a loop of it vectorizes
     (truncation toward 0, the clamps and IEEE subtraction and product are all monotone)."""
     b = (x - low) * scale
-    b = np.float32(top - 1) if x != x else b  # NaN: after every number (no named entry is in
-    b = min(max(b, np.float32(-1.0)), np.float32(top - 1))  # the top bin: it is only counted)
+    # NaN (x is NaN): after every number (no named entry is in the top bin: it is only
+    # counted); testing b, not x, keeps every index in range whatever the arithmetic gave
+    b = np.float32(top - 1) if b != b else b
+    b = min(max(b, np.float32(-1.0)), np.float32(top - 1))
     return np.int32(b) + 1
 
 
@@ -74,7 +76,11 @@ def _bin(x, low, scale, top):
 def _count_row(row, cols, vals, bins, out):
     named = vals.size
     low, high = vals.min(), vals.max()
-    scale = np.float32(bins / (high - low) if high > low else 1.0)
+    # bins across the named span; 1 when that would not be finite in float32 (a span of a
+    # few ulps near 0): the map must stay monotone, at worst with many entries to compare
+    scale = np.float32(bins / (high - low)) if high > low else np.float32(1.0)
+    if not np.isfinite(scale):
+        scale = np.float32(1.0)
     top = bins + 2
     # the named entries in (value, column) order, and the bin of each
     by_col = np.argsort(cols, kind='mergesort')
