@@ -44,11 +44,11 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.center_optimizer = center_optimizer
         self.evaluator = evaluator  # one per set of the split scored during training
+        val_sets = getattr(data, 'val_sets', None)
         # With a validation split, training scores it; the test sets wait for the end.
-        self.validating = evaluator is not None and bool(getattr(data, 'val_sets', None))
+        self.validating = evaluator is not None and bool(val_sets)
         self.test_evaluator = test_evaluator
         self.best = None  # {'epoch', 'mAP', 'sha256'} of the best validation mAP so far
-        val_sets = getattr(data, 'val_sets', None)
         # the identities the validation split holds out: a resumed run must hold out the same
         self.held_out = list(val_sets[0].dataset.held_out) if val_sets else None
         self._state_epoch = None  # the epoch whose training state is saved already
