@@ -94,12 +94,13 @@ def hold_out_identities(dataset, num_identities, seed, animal_ap_mode='trapezoid
     eligible = eligible_identities(records, single)
     rule = 'with 2 or more images' if single else 'seen by 2 or more cameras with 2 or more ' \
         'images each'
+    most = min(len(eligible), total - 2)  # 2 must train
     if k > len(eligible):
         raise ReIDError(f'{KEY} is {k} but only {len(eligible)} of the {total} training '
-                        f'identities are {rule} and can be held out')
+                        f'identities are {rule} and can be held out (at most {most})')
     if total - k < 2:
         raise ReIDError(f'{KEY} is {k}: it would leave {total - k} of the {total} training '
-                        f'identities to train on; at least 2 must train')
+                        f'identities to train on; at least 2 must train (at most {most})')
     rng = np.random.default_rng([int(seed), SEED_TAG])
     held = sorted(int(p) for p in rng.choice(eligible, size=k, replace=False))
     held_set = set(held)

@@ -9,14 +9,76 @@ checkpoint's (curves test/last/* and test/best/*); the model then holds the last
 again, as the last checkpoint and the training state do.
 """
 import hashlib
+import json
 import os
 
 import torch
 
+from model.checkpoint import mismatch_report
 from utils import distributed as du
+from utils.atomic import atomic_write
 from utils.checkpoint import model_file_name, save_weights
+from utils.errors import ReIDError
 
 from .evaluation import evaluate_sets
+
+
+SPLIT_FILE = 'validation_split.json'  # in OUTPUT_DIR: the identities a run held out
+
+
+def held_out_identities(data):
+    """The training labels the validation split holds out (a list), or None without one."""
+    val_sets = getattr(data, 'val_sets', None)
+    return list(val_sets[0].dataset.held_out) if val_sets else None
+
+
+def check_resumable(state, net, held_out, stages):
+    """Stop, before a resumed run writes anything, when the training state cannot continue
+    it: a state of another training (stages: those this run may continue), another
+    validation split (another DATASETS.VAL_IDENTITIES or SOLVER.SEED: its identities were
+    trained on), or weights that do not fit the model."""
+    if state.get('stage') not in stages:
+        raise ReIDError(f'the training state to resume was written by {state.get("stage")!r} '
+                        f'training; this run trains {" or ".join(map(repr, stages))}')
+    if state.get('held_out') != held_out:
+        def said(held):
+            return f'held out identities {held}' if held else 'held out no identity'
+        raise ReIDError(f'the training state to resume {said(state.get("held_out"))} for '
+                        f'validation; this run {said(held_out)}: resume with the '
+                        'DATASETS.VAL_IDENTITIES and SOLVER.SEED of the run')
+    report = mismatch_report(net.state_dict(), state['model'])
+    if report:
+        raise ReIDError(f'the training state to resume does not fit this model: {report}')
+
+
+def write_split_record(cfg, data):
+    """OUTPUT_DIR/validation_split.json (rank 0): the held-out identities, which the test
+    scripts compare with the split they draw before choosing anything on it."""
+    held_out = held_out_identities(data)
+    if held_out is None or not du.is_main_process():
+        return
+    record = {'DATASETS.VAL_IDENTITIES': cfg.DATASETS.VAL_IDENTITIES,
+              'SOLVER.SEED': cfg.SOLVER.SEED, 'held_out': held_out}
+    with atomic_write(os.path.join(cfg.OUTPUT_DIR, SPLIT_FILE), 'w') as f:
+        json.dump(record, f)
+
+
+def check_split_record(cfg, data):
+    """Stop when the run that wrote TEST.WEIGHT held out other identities than this split
+    (its validation_split.json beside the weights); False when there is no such record."""
+    path = os.path.join(os.path.dirname(os.path.abspath(cfg.TEST.WEIGHT)), SPLIT_FILE)
+    if not os.path.isfile(path):
+        return False
+    with open(path) as f:
+        record = json.load(f)
+    if record.get('held_out') != held_out_identities(data):
+        raise ReIDError(
+            f'{cfg.TEST.WEIGHT} comes from a run that held out other identities '
+            f"(DATASETS.VAL_IDENTITIES {record.get('DATASETS.VAL_IDENTITIES')}, SOLVER.SEED "
+            f"{record.get('SOLVER.SEED')}, {path}) than this split (DATASETS.VAL_IDENTITIES "
+            f'{cfg.DATASETS.VAL_IDENTITIES}, SOLVER.SEED {cfg.SOLVER.SEED}): its training '
+            "identities would be validated on; use the run's values (its config.yaml)")
+    return True
 
 
 def best_file(cfg):

@@ -13,8 +13,9 @@ from utils.run_folder import refuse_earlier_run, save_run_config
 from utils.run_lock import run_folder_lock
 from utils.runtime import config_for, setup_run
 
+from .best import check_resumable, held_out_identities, write_split_record
 from .evaluation import evaluate_sets, make_evaluators
-from .recipes import train_baseline, train_clipreid, train_pcl
+from .recipes import resumable_stages, train_baseline, train_clipreid, train_pcl
 from .selection import chooses_on_validation, evaluate_chosen, is_sweep, warn_test_sweep
 
 TRAINERS = {'clipreid': train_clipreid, 'pcl': train_pcl, 'baseline': train_baseline}
@@ -40,10 +41,14 @@ def train_main(method, description):
         refuse_earlier_run(cfg, resuming=resume is not None)
         runtime = setup_run(cfg, 'train_log.txt')
         data, model = _build(cfg, runtime)
-        with du.fail_together():  # rank 0 writes it; the others must not wait for rank 0
+        resume_state = load_training_state(resume) if resume else None
+        if resume_state is not None:  # a refused resume leaves the run's files as they were
+            check_resumable(resume_state, model, held_out_identities(data),
+                            resumable_stages(cfg, method))
+        with du.fail_together():  # rank 0 writes them; the others must not wait for rank 0
             get_logger().info('config written to %s', save_run_config(cfg))
-        TRAINERS[method](cfg, model, data, runtime,
-                         resume_state=load_training_state(resume) if resume else None)
+            write_split_record(cfg, data)
+        TRAINERS[method](cfg, model, data, runtime, resume_state=resume_state)
         if cfg.SOLVER.PLOT_CURVES:
             with du.fail_together():  # rank 0 draws
                 if du.is_main_process():

@@ -17,7 +17,6 @@ import zlib
 import torch
 from tqdm import tqdm
 
-from model.checkpoint import mismatch_report
 from utils import distributed as du
 from utils.checkpoint import (atomic_save, model_file_name, rng_state, save_weights,
                               set_rng_state, state_path, unwrap)
@@ -27,7 +26,8 @@ from utils.meter import StepMeters, format_means
 from utils.runtime import seed_everything
 from utils.training_log import TrainingLog
 
-from .best import checked_record, note_best, test_at_end
+from .best import (check_resumable, checked_record, held_out_identities, note_best,
+                   test_at_end)
 from .evaluation import evaluate_sets
 
 _NO_STEP = float(2 ** 24)  # "no step yet" in note_finite (exact in float32, above any step)
@@ -44,13 +44,12 @@ class Trainer:
         self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
         self.center_optimizer = center_optimizer
         self.evaluator = evaluator  # one per set of the split scored during training
-        val_sets = getattr(data, 'val_sets', None)
+        # the identities the validation split holds out: a resumed run must hold out the same
+        self.held_out = held_out_identities(data)
         # With a validation split, training scores it; the test sets wait for the end.
-        self.validating = evaluator is not None and bool(val_sets)
+        self.validating = evaluator is not None and self.held_out is not None
         self.test_evaluator = test_evaluator
         self.best = None  # {'epoch', 'mAP', 'sha256'} of the best validation mAP so far
-        # the identities the validation split holds out: a resumed run must hold out the same
-        self.held_out = list(val_sets[0].dataset.held_out) if val_sets else None
         self._state_epoch = None  # the epoch whose training state is saved already
         self.device = runtime.device
         self.amp_dtype = runtime.amp_dtype
@@ -59,7 +58,7 @@ class Trainer:
         self.logger = get_logger()
         self.epoch = 0
         self.iteration = 0
-        if self.validating and solver_cfg.EVAL_PERIOD >= solver_cfg.MAX_EPOCHS:
+        if self.validating and solver_cfg.EVAL_PERIOD >= solver_cfg.MAX_EPOCHS > 1:
             self.logger.warning(
                 'DATASETS.VAL_IDENTITIES: the validation split is scored only at the last epoch '
                 '(EVAL_PERIOD %d, MAX_EPOCHS %d), so the best checkpoint is the last one; a '
@@ -298,18 +297,7 @@ class Trainer:
 
     def load_state(self, state):
         """Continue after the epoch recorded in a training-state dict; returns the next epoch."""
-        if state.get('stage') != self.stage:
-            raise ReIDError(f'the training state to resume was written by {state.get("stage")!r} '
-                            f'training; this run trains {self.stage!r}')
-        if state.get('held_out') != self.held_out:
-            def said(held):
-                return f'held out identities {held}' if held else 'held out no identity'
-            raise ReIDError(f'the training state to resume {said(state.get("held_out"))} for '
-                            f'validation; this run {said(self.held_out)}: resume with the '
-                            'DATASETS.VAL_IDENTITIES and SOLVER.SEED of the run')
-        report = mismatch_report(self.net.state_dict(), state['model'])
-        if report:
-            raise ReIDError(f'the training state to resume does not fit this model: {report}')
+        check_resumable(state, self.net, self.held_out, (self.stage,))
         self.net.load_state_dict(state['model'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.scheduler.load_state_dict(state['scheduler'])

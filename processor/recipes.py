@@ -15,6 +15,15 @@ from .pcl import PCLTrainer
 from .pcl_unsup import UnsupervisedPCLTrainer
 
 
+def resumable_stages(cfg, method):
+    """The stages whose training state `method` can continue (CLIP-ReID: either stage)."""
+    if method == 'clipreid':
+        return PromptTrainer.stage, ImageTrainer.stage
+    if method == 'pcl':
+        return (UnsupervisedPCLTrainer if cfg.MODEL.UNSUPERVISED else PCLTrainer).stage,
+    return BaselineTrainer.stage,
+
+
 def wrap_ddp(cfg, model, runtime):
     """DistributedDataParallel when launched by torchrun, with SyncBatchNorm if asked (CUDA
     only: setup_run refuses it on the CPU before anything runs)."""

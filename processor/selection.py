@@ -19,6 +19,7 @@ from utils.errors import ReIDError
 from utils.logger import get_logger
 from utils.reranking import as_list
 
+from .best import SPLIT_FILE, check_split_record
 from .evaluation import evaluate_sets, make_evaluators
 
 KEYS = ('RE_RANKING_K1', 'RE_RANKING_K2', 'RE_RANKING_LAMBDA')
@@ -83,8 +84,14 @@ def evaluate_chosen(cfg, state_dict, model, data, runtime):
                 '%d - the checkpoint must have been trained with the same two values', held,
                 cfg.SOLVER.SEED)
     check_trained_without(cfg, state_dict, data)
+    if not check_split_record(cfg, data):
+        logger.warning('no %s beside %s: that the checkpoint was trained without these '
+                       'identities cannot be checked beyond their count', SPLIT_FILE,
+                       cfg.TEST.WEIGHT)
     val, _ = evaluate_sets(cfg, model, data, make_evaluators(cfg, data, 'validation'), runtime,
-                           split='validation', heading='validation split')
+                           split='validation',
+                           heading='validation split, the first setting of the sweep; the '
+                                   'chosen one follows the table')
     table = val.extra['rerank_sweep']
     row = table[best_row(table)]
     name = map_column(table)

@@ -2,8 +2,10 @@
 the training identities, <MODEL.NAME>_best.pth is the epoch with the highest validation mAP
 (ties: the earlier epoch; a resumed run keeps the record), and the test split is scored once
 at the end, with the last and with the best checkpoint, each figure block naming its split."""
+import json
 import os
 import re
+import shutil
 import sys
 from types import SimpleNamespace
 
@@ -13,7 +15,7 @@ import torch
 import processor.best
 import processor.engine
 from _e2e_helpers import read_log
-from _run_helpers import NAME, run_ok, state, tiny_run, train_opts, weights  # noqa: F401
+from _run_helpers import NAME, run, run_ok, state, tiny_run, train_opts, weights  # noqa: F401
 from config import load_config
 from processor import cli
 from processor.engine import Trainer
@@ -101,6 +103,32 @@ def test_test_figures_are_those_of_the_test_script(val_run, which, monkeypatch):
     assert figures and set(figures) <= set(curves)
     for name, value in figures.items():
         assert curves[name] == pytest.approx(value, abs=1e-6), name
+
+
+def test_the_run_records_its_split_and_another_seed_is_refused(val_run, tmp_path, tiny_run,
+                                                                monkeypatch):
+    """validation_split.json lists the held-out identities; a re-ranking choice on another
+    seed's split, and a --resume with another seed, stop with one line, and the refused
+    resume leaves the run's config.yaml as it was."""
+    record = json.loads((val_run / 'validation_split.json').read_text())
+    held = state(val_run, 'pcl')['held_out']
+    assert record == {'DATASETS.VAL_IDENTITIES': 2, 'SOLVER.SEED': 1234, 'held_out': held}
+    args = ['--config_file', val_run / 'config.yaml', 'TEST.WEIGHT', val_run / f'{NAME}_best.pth',
+            'OUTPUT_DIR', tmp_path / 'rerank', 'SOLVER.SEED', 7,
+            'TEST.RE_RANKING_K1', '[2, 3]', 'TEST.RE_RANKING_K2', '[1]']
+    monkeypatch.setattr(sys, 'argv', ['test_rerank_clipreid.py', *map(str, args)])
+    with pytest.raises(ReIDError, match=r'comes from a run that held out other identities '
+                                        r'\(DATASETS.VAL_IDENTITIES 2, SOLVER.SEED 1234, '):
+        cli.test_main('test', rerank=True)
+
+    run_dir = tmp_path / 'copy'
+    shutil.copytree(val_run, run_dir)
+    config = (run_dir / 'config.yaml').read_bytes()
+    proc = run('train_pcl.py', ['--resume', *_opts(tiny_run, run_dir, 'SOLVER.MAX_EPOCHS',
+                                                   EPOCHS + 1, 'SOLVER.SEED', 7)])
+    assert proc.returncode == 2 and 'error: the training state to resume held out identities' \
+        in proc.stderr
+    assert (run_dir / 'config.yaml').read_bytes() == config
 
 
 def test_resume_keeps_the_record_and_the_test_rows_are_written_once(tmp_path, tiny_run):
