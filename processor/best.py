@@ -69,9 +69,14 @@ def check_split_record(cfg, data):
     path = os.path.join(os.path.dirname(os.path.abspath(cfg.TEST.WEIGHT)), SPLIT_FILE)
     if not os.path.isfile(path):
         return False
-    with open(path) as f:
-        record = json.load(f)
-    if record.get('held_out') != held_out_identities(data):
+    try:
+        with open(path) as f:
+            record = json.load(f)
+        held = record['held_out']
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ReIDError(f'cannot read {path} ({type(err).__name__}: {err}): it should list the '
+                        'identities the run held out') from None
+    if held != held_out_identities(data):
         raise ReIDError(
             f'{cfg.TEST.WEIGHT} comes from a run that held out other identities '
             f"(DATASETS.VAL_IDENTITIES {record.get('DATASETS.VAL_IDENTITIES')}, SOLVER.SEED "

@@ -307,3 +307,10 @@ def test_clipreid_prompts_and_best_checkpoint_leave_the_held_out_identities_out(
     assert _tensors_equal(_best_weights(out), weights(out, best))
     assert not any(stage == 'stage1' and name.startswith(('val/', 'test/'))
                    for stage, _, name in rows)
+
+
+def test_a_damaged_split_record_is_one_error_line(tmp_path):
+    (tmp_path / 'validation_split.json').write_text('{"held_out": [1, 2')  # cut short
+    cfg = load_config('', ['TEST.WEIGHT', str(tmp_path / 'w.pth')])
+    with pytest.raises(ReIDError, match=r'^cannot read .*validation_split.json \(JSONDecodeError'):
+        processor.best.check_split_record(cfg, SimpleNamespace(val_sets=[]))
