@@ -54,9 +54,9 @@ class ValidationSplit(ReIDDataset):
     ap_mode, name; held_out lists their training labels, single_camera the rule used."""
     name = 'validation'
 
-    def __init__(self, source, query, gallery, held_out, seed, single_camera, ap_mode):
+    def __init__(self, source, query, gallery, held_out, single_camera, ap_mode):
         self.train, self.query, self.gallery = [], query, gallery
-        self.held_out, self.seed, self.single_camera = held_out, seed, single_camera
+        self.held_out, self.single_camera = held_out, single_camera
         self.protocol = 'animal' if single_camera else 'standard'
         self.ap_mode = ap_mode
         self.object_word = source.object_word
@@ -115,7 +115,7 @@ def hold_out_identities(dataset, num_identities, seed, animal_ap_mode='trapezoid
         query.append(group[pick])
         gallery += group[:pick] + group[pick + 1:]
     family = dataset.protocol in ('animal', 'atrw')
-    split = ValidationSplit(dataset, query, gallery, held, seed, single,
+    split = ValidationSplit(dataset, query, gallery, held, single,
                             animal_ap_mode if family else 'standard')
     return relabel([r for r in records if r[1] not in held_set]), split
 
