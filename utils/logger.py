@@ -30,7 +30,7 @@ def setup_logger(output_dir='', log_name='train_log.txt', rank=0):
         logger.addHandler(file_handler)
     # Warnings from other modules (e.g. config loading) end up in the same places.
     root = logging.getLogger()
-    root.handlers = logger.handlers
+    root.handlers = list(logger.handlers)  # a copy: the two loggers must not share one list
     root.setLevel(logging.INFO)
     return logger
 
